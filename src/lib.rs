@@ -1,0 +1,13 @@
+//! memgate: admission for heavy jobs, sized from measured memory.
+//!
+//! The layers, each depending only on those above it:
+//!
+//! - [`memory`]: the signals (jemalloc, cgroup v2/v1, process), one sample
+//!   type, and the ceiling the controller steers under.
+//! - [`gate`]: a byte-weighted admission gate whose capacity can change at
+//!   any time, with a bounded queue and a second limit on running jobs.
+//! - [`controller`]: the control law that sizes the gate from memory
+//!   samples, learns what jobs really cost, and sizes the running limit
+//!   from service times.
+
+pub mod memory;
