@@ -11,3 +11,5 @@
 //!   from service times.
 
 pub mod memory;
+pub mod gate;
+pub mod controller;

@@ -1,0 +1,401 @@
+//! The control law that sizes the gate's capacity from memory samples.
+//!
+//! The law steers the working set under the ceiling the way a GOMEMLIMIT
+//! collector steers the heap, in three parts:
+//!
+//! 1. **A bound from accounting.** Memory that reservations do not cover
+//!    (the process's own code and buffers, other processes in the
+//!    container, jobs using more than they reserved) is *unreserved*. Jobs
+//!    may reserve what is left under the high watermark:
+//!    `bound = high_watermark - unreserved`. With right estimates, the
+//!    working set then stays under the high watermark by construction.
+//!    The unreserved estimate follows a rise at once and a fall slowly
+//!    (`unreserved_decay_ms`), because a reading taken while jobs have not
+//!    yet touched all they reserved looks lower than it is.
+//!
+//! 2. **Pressure, from measurement.** When the working set still rises past
+//!    the high watermark (estimates too low, a surge from outside), the
+//!    law first asks the allocator to purge freed pages, the reclaim step
+//!    a collector would take, and then cuts the capacity to what is
+//!    reserved minus `shrink_gain` times the excess: nothing new starts,
+//!    and part of what running jobs hold is owed back as they end.
+//!
+//! 3. **Hysteresis.** Once engaged, pressure is released only below the
+//!    low watermark, and capacity grows back only then, only while jobs
+//!    wait for memory, and by at most `grow_step` of the ceiling per tick.
+//!    Between the two watermarks capacity holds still.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::ControllerSettings;
+
+/// What the law reads on each tick. Sizes are in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inputs {
+    /// When the sample was taken.
+    pub now: Instant,
+    /// The working set the law steers by.
+    pub working_set: u64,
+    /// jemalloc's resident and allocated bytes, when known.
+    pub heap: Option<Heap>,
+    /// What the gate's reservations hold.
+    pub reserved: u64,
+    /// The gate's capacity before this tick.
+    pub capacity: u64,
+    /// Jobs waiting for memory.
+    pub waiting_memory: usize,
+}
+
+/// The allocator's view of the heap, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heap {
+    /// Bytes handed out and not yet freed.
+    pub allocated: u64,
+    /// Bytes in pages the allocator has mapped: handed out, freed but kept
+    /// for reuse, and its own metadata.
+    pub resident: u64,
+}
+
+/// Why the capacity moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The first sizing, from the first sample.
+    Initial,
+    /// The working set passed the high watermark.
+    Pressure,
+    /// Unreserved memory rose, so less is left for jobs.
+    UnreservedRose,
+    /// Below the low watermark with jobs waiting: grow back.
+    Recovery,
+}
+
+impl Reason {
+    /// The reason's name as logs and metrics spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::Pressure => "pressure",
+            Self::UnreservedRose => "unreserved_rose",
+            Self::Recovery => "recovery",
+        }
+    }
+}
+
+/// A pressure state change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// The working set passed the high watermark.
+    Engaged,
+    /// The working set fell below the low watermark.
+    Released,
+}
+
+/// The law's output for one tick. Sizes are in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The capacity the gate should have.
+    pub capacity: u64,
+    /// Why it differs from the input capacity, if it does.
+    pub reason: Option<Reason>,
+    /// The largest reservation the gate should accept.
+    pub max_reservation: u64,
+    /// The unreserved memory estimate.
+    pub unreserved: u64,
+    /// The most the capacity may be now.
+    pub bound: u64,
+    /// A pressure change on this tick.
+    pub transition: Option<Transition>,
+}
+
+/// The law's memory between ticks.
+#[derive(Debug)]
+pub struct CapacityLaw {
+    ceiling: u64,
+    high: u64,
+    low: u64,
+    shrink_gain: f64,
+    grow_step: u64,
+    decay: Duration,
+    purge_interval: Duration,
+    unreserved: Option<u64>,
+    floor: u64,
+    last: Option<Instant>,
+    last_purge: Option<Instant>,
+    pressure: bool,
+}
+
+impl CapacityLaw {
+    /// A law steering under `ceiling` bytes.
+    pub fn new(settings: &ControllerSettings, ceiling: u64) -> Self {
+        let of_ceiling = |fraction: f64| (ceiling as f64 * fraction) as u64;
+        Self {
+            ceiling,
+            high: of_ceiling(settings.high_watermark),
+            low: of_ceiling(settings.low_watermark),
+            shrink_gain: settings.shrink_gain,
+            grow_step: of_ceiling(settings.grow_step).max(1),
+            decay: Duration::from_millis(settings.unreserved_decay_ms),
+            purge_interval: Duration::from_millis(settings.purge_interval_ms),
+            unreserved: None,
+            floor: u64::MAX,
+            last: None,
+            last_purge: None,
+            pressure: false,
+        }
+    }
+
+    /// The ceiling, in bytes.
+    pub fn ceiling(&self) -> u64 {
+        self.ceiling
+    }
+
+    /// The high watermark, in bytes.
+    pub fn high_watermark(&self) -> u64 {
+        self.high
+    }
+
+    /// The low watermark, in bytes.
+    pub fn low_watermark(&self) -> u64 {
+        self.low
+    }
+
+    /// Whether pressure is engaged.
+    pub fn pressure(&self) -> bool {
+        self.pressure
+    }
+
+    /// Whether the allocator should purge before this tick's decision: the
+    /// working set is past the high watermark and the last purge is at
+    /// least `purge_interval_ms` old. Records the purge when it says yes.
+    pub fn wants_purge(&mut self, now: Instant, working_set: u64) -> bool {
+        let due = self
+            .last_purge
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.purge_interval);
+        let wanted = working_set > self.high && due;
+        if wanted {
+            self.last_purge = Some(now);
+        }
+        wanted
+    }
+
+    /// One tick of the law.
+    pub fn step(&mut self, inputs: Inputs) -> Decision {
+        let unreserved = self.track_unreserved(&inputs);
+        let bound = self.high.saturating_sub(unreserved);
+        let transition = self.track_pressure(inputs.working_set);
+
+        let (capacity, reason) = self.capacity(&inputs, bound);
+        let moved = capacity != inputs.capacity || self.last.is_none();
+        self.last = Some(inputs.now);
+
+        Decision {
+            capacity,
+            reason: moved.then_some(reason),
+            max_reservation: self.high.saturating_sub(self.floor),
+            unreserved,
+            bound,
+            transition,
+        }
+    }
+
+    /// The new capacity and why.
+    fn capacity(&self, inputs: &Inputs, bound: u64) -> (u64, Reason) {
+        // The first sample sizes the gate outright.
+        if self.last.is_none() {
+            return (bound, Reason::Initial);
+        }
+
+        // Past the high watermark: cut below what is held, in proportion
+        // to the excess.
+        if inputs.working_set > self.high {
+            let excess = (inputs.working_set - self.high) as f64 * self.shrink_gain;
+            let held = inputs.capacity.min(inputs.reserved);
+            let cut = held.saturating_sub(excess as u64).min(bound);
+            return (cut.min(inputs.capacity), Reason::Pressure);
+        }
+
+        // Unreserved memory rose past what the capacity allowed for.
+        if inputs.capacity > bound {
+            return (bound, Reason::UnreservedRose);
+        }
+
+        // Room again, and jobs that want it: grow back a step at a time.
+        let room = !self.pressure && inputs.working_set < self.low;
+        if room && inputs.waiting_memory > 0 && inputs.capacity < bound {
+            let grown = inputs.capacity.saturating_add(self.grow_step).min(bound);
+            return (grown, Reason::Recovery);
+        }
+
+        (inputs.capacity, Reason::Recovery)
+    }
+
+    /// Updates the unreserved estimate and returns it.
+    ///
+    /// With heap statistics, unreserved memory is what lies outside the
+    /// allocator's pages plus heap bytes that no reservation covers. Jobs
+    /// hold their memory in the heap, so this does not dip while they have
+    /// not yet touched what they reserved. Without them, it is the working
+    /// set minus what is reserved, which does dip; the slow fall covers it.
+    fn track_unreserved(&mut self, inputs: &Inputs) -> u64 {
+        let measured = match inputs.heap {
+            Some(heap) => {
+                let outside_heap = inputs.working_set.saturating_sub(heap.resident);
+                let uncovered = heap.allocated.saturating_sub(inputs.reserved);
+                outside_heap + uncovered
+            }
+            None => inputs.working_set.saturating_sub(inputs.reserved),
+        };
+
+        let estimate = match (self.unreserved, self.last) {
+            (Some(old), Some(last)) if measured < old => {
+                let elapsed = inputs.now.saturating_duration_since(last);
+                let share = if self.decay.is_zero() {
+                    1.0
+                } else {
+                    (elapsed.as_secs_f64() / self.decay.as_secs_f64()).min(1.0)
+                };
+                old - ((old - measured) as f64 * share) as u64
+            }
+            _ => measured,
+        };
+
+        self.unreserved = Some(estimate);
+        self.floor = self.floor.min(estimate);
+        estimate
+    }
+
+    /// Engages pressure above the high watermark and releases it below the
+    /// low one.
+    fn track_pressure(&mut self, working_set: u64) -> Option<Transition> {
+        if !self.pressure && working_set > self.high {
+            self.pressure = true;
+            return Some(Transition::Engaged);
+        }
+        if self.pressure && working_set < self.low {
+            self.pressure = false;
+            return Some(Transition::Released);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn law() -> CapacityLaw {
+        CapacityLaw::new(&ControllerSettings::default(), 1000 * MIB)
+    }
+
+    fn inputs(now: Instant, working_set: u64, reserved: u64, capacity: u64) -> Inputs {
+        Inputs {
+            now,
+            working_set,
+            heap: None,
+            reserved,
+            capacity,
+            waiting_memory: 1,
+        }
+    }
+
+    #[test]
+    fn first_sample_sizes_capacity_to_the_room_under_the_high_watermark() {
+        let mut law = law();
+        let d = law.step(inputs(Instant::now(), 100 * MIB, 0, 0));
+        assert_eq!(d.capacity, 950 * MIB - 100 * MIB);
+        assert_eq!(d.reason, Some(Reason::Initial));
+    }
+
+    #[test]
+    fn excess_over_the_high_watermark_cuts_below_what_is_reserved() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 100 * MIB, 0, 0));
+        let d = law.step(inputs(t, 990 * MIB, 800 * MIB, 850 * MIB));
+        assert_eq!(d.capacity, 800 * MIB - 40 * MIB);
+        assert_eq!(d.reason, Some(Reason::Pressure));
+        assert_eq!(d.transition, Some(Transition::Engaged));
+    }
+
+    #[test]
+    fn between_the_watermarks_capacity_holds() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 100 * MIB, 0, 0));
+        law.step(inputs(t, 990 * MIB, 800 * MIB, 850 * MIB));
+        let d = law.step(inputs(t, 900 * MIB, 760 * MIB, 760 * MIB));
+        assert_eq!(d.capacity, 760 * MIB);
+        assert_eq!(d.reason, None);
+    }
+
+    #[test]
+    fn below_the_low_watermark_capacity_grows_one_step_per_tick() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 100 * MIB, 0, 0));
+        let d = law.step(inputs(t, 300 * MIB, 200 * MIB, 200 * MIB));
+        assert_eq!(d.capacity, 250 * MIB);
+        assert_eq!(d.reason, Some(Reason::Recovery));
+    }
+
+    #[test]
+    fn a_rise_in_unreserved_memory_lowers_the_bound_at_once() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 100 * MIB, 0, 0));
+        let d = law.step(inputs(t, 700 * MIB, 0, 850 * MIB));
+        assert_eq!(d.capacity, 250 * MIB);
+        assert_eq!(d.reason, Some(Reason::UnreservedRose));
+    }
+
+    #[test]
+    fn unreserved_memory_falls_slowly() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 600 * MIB, 0, 0));
+        let later = t + Duration::from_millis(500);
+        let d = law.step(inputs(later, 100 * MIB, 0, 350 * MIB));
+        assert!(d.unreserved > 500 * MIB, "{}", d.unreserved / MIB);
+    }
+
+    #[test]
+    fn heap_statistics_see_through_untouched_reservations() {
+        let mut law = law();
+        let t = Instant::now();
+        let heap = Heap {
+            allocated: 10 * MIB,
+            resident: 20 * MIB,
+        };
+        let idle = Inputs {
+            heap: Some(heap),
+            ..inputs(t, 100 * MIB, 0, 0)
+        };
+        assert_eq!(law.step(idle).unreserved, 90 * MIB);
+
+        // 500 MiB reserved, 100 MiB of it touched so far.
+        let busy = Inputs {
+            heap: Some(Heap {
+                allocated: 110 * MIB,
+                resident: 120 * MIB,
+            }),
+            ..inputs(t + Duration::from_secs(10), 200 * MIB, 500 * MIB, 850 * MIB)
+        };
+        assert_eq!(law.step(busy).unreserved, 80 * MIB);
+    }
+
+    #[test]
+    fn purge_is_asked_at_most_once_per_interval() {
+        let mut law = law();
+        let t = Instant::now();
+        assert!(!law.wants_purge(t, 900 * MIB));
+        assert!(law.wants_purge(t, 990 * MIB));
+        assert!(!law.wants_purge(t + Duration::from_millis(10), 990 * MIB));
+        assert!(law.wants_purge(t + Duration::from_secs(1), 990 * MIB));
+    }
+}

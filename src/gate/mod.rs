@@ -1,0 +1,517 @@
+//! The admission gate: jobs start only while there is memory for them.
+//!
+//! Admission is by bytes, not by job count. A job asks for a
+//! [`Reservation`] sized by its memory estimate; the gate's *capacity* is
+//! the memory the controller currently allows jobs to hold. Capacity can
+//! move at any time, also below what is already reserved: the difference is
+//! *owed* and paid back as reservations end.
+//!
+//! A second limit counts *running* jobs, for CPU: a reservation holds
+//! memory from the moment it is granted (an upload needs memory too), and
+//! takes a run slot with [`Reservation::run`] when its CPU-bound work
+//! starts.
+//!
+//! Waiting is bounded in length ([`GateSettings::max_queue`]) and in time
+//! ([`GateSettings::max_wait_ms`]). Every refusal says why, and carries a
+//! suggested retry delay computed from the queue and recent service times.
+//!
+//! Every path that ends a job returns what it held: a reservation gives
+//! back its memory and its run slot in `Drop`, whether the job finished,
+//! failed, panicked, was cancelled or was timed out.
+//!
+//! # Examples
+//!
+//! ```
+//! use memgate::gate::{Gate, GateSettings};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), memgate::gate::Refusal> {
+//! let gate = Gate::new(GateSettings::default(), 512 << 20);
+//!
+//! let mut job = gate.reserve("thumbnail", 150 << 20).await?;
+//! job.run().await?;
+//! // ... the work, holding 150 MiB of the gate's 512 MiB ...
+//! job.record_peak(140 << 20);
+//! drop(job);
+//!
+//! assert_eq!(gate.state().reserved, 0);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod cost;
+mod pool;
+mod refusal;
+mod reservation;
+
+pub use cost::ClassCost;
+pub use refusal::{Refusal, RefusalReason};
+pub use reservation::Reservation;
+
+use cost::CostModel;
+use pool::{Pool, PoolError};
+
+/// Memory is counted in units of this many bytes: tokio semaphores take
+/// `u32` permit counts per acquire, and KiB units let one job hold up to
+/// 4 TiB while rounding costs a job at most 1 KiB.
+pub const UNIT_BYTES: u64 = 1024;
+
+/// How many finished jobs the gate keeps for the controller between ticks.
+/// At 50 ms ticks this is far more than a 2-core machine finishes.
+const MAX_PENDING_COMPLETIONS: usize = 4096;
+
+/// Weight of the newest service time in the running average used for
+/// retry delays: about the last ten jobs count.
+const SERVICE_TIME_WEIGHT: f64 = 0.1;
+
+/// The bounds on a suggested retry delay. Clients such as Cloud Tasks
+/// honour `Retry-After` as given; a minute is long enough for a queue to
+/// drain and short enough not to strand work.
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Settings of the gate, the `[gate]` section of the configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateSettings {
+    /// Jobs that may wait for memory or a run slot at once; the next one is
+    /// refused with `queue_full`. Count, 0 (never wait) to 1,000,000.
+    pub max_queue: usize,
+    /// Longest a job waits for memory or a run slot before it is refused
+    /// with `wait_timed_out`. Milliseconds, 0 (never wait) to 3,600,000.
+    pub max_wait_ms: u64,
+    /// The fewest running jobs the controller may allow. Count, at least 1.
+    pub min_running: usize,
+    /// The most running jobs the controller may allow, and the limit the
+    /// gate starts with. Count, at least `min_running`.
+    pub max_running: usize,
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        Self {
+            max_queue: 64,
+            max_wait_ms: 10_000,
+            min_running: 1,
+            max_running: 8,
+        }
+    }
+}
+
+impl GateSettings {
+    /// The longest wait, as a duration.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+
+    /// Checks the ranges stated on each field; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_queue > 1_000_000 {
+            return Err(format!(
+                "gate.max_queue: {} is above 1000000",
+                self.max_queue
+            ));
+        }
+        if self.max_wait_ms > 3_600_000 {
+            return Err(format!(
+                "gate.max_wait_ms: {} is above 3600000",
+                self.max_wait_ms
+            ));
+        }
+        if self.min_running == 0 {
+            return Err("gate.min_running: must be at least 1".to_owned());
+        }
+        if self.max_running < self.min_running {
+            return Err(format!(
+                "gate.max_running: {} is below gate.min_running ({})",
+                self.max_running, self.min_running
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which limit holds jobs back, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Binding {
+    /// Nothing is waiting.
+    None,
+    /// Jobs wait for memory.
+    Memory,
+    /// Jobs have memory and wait for a run slot.
+    Cpu,
+}
+
+/// The gate's accounts at one instant. Sizes are in bytes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GateState {
+    /// The memory jobs may hold in total.
+    pub capacity: u64,
+    /// The memory jobs hold now.
+    pub reserved: u64,
+    /// Held memory that will be kept, not returned, as jobs end, because
+    /// the capacity was lowered below what was reserved.
+    pub owed: u64,
+    /// The largest reservation the gate accepts; larger jobs are refused
+    /// with `too_large` at once.
+    pub max_reservation: u64,
+    /// Reservations alive, running or not.
+    pub in_flight: usize,
+    /// Reservations that hold a run slot.
+    pub running: usize,
+    /// How many jobs may run at once.
+    pub running_limit: usize,
+    /// Jobs waiting for memory or a run slot.
+    pub queued: usize,
+    /// Of those, jobs waiting for memory.
+    pub waiting_memory: usize,
+    /// Of those, jobs waiting for a run slot.
+    pub waiting_running: usize,
+    /// Whether [`Gate::close`] was called.
+    pub draining: bool,
+}
+
+impl GateState {
+    /// Which limit holds jobs back: memory first, since a job waiting for
+    /// memory would still need a run slot after it.
+    pub fn binding(&self) -> Binding {
+        if self.waiting_memory > 0 {
+            Binding::Memory
+        } else if self.waiting_running > 0 {
+            Binding::Cpu
+        } else {
+            Binding::None
+        }
+    }
+}
+
+/// A job that ran and ended, reported to the controller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The job's class.
+    pub class: String,
+    /// From taking a run slot to giving the reservation back.
+    pub service_time: Duration,
+    /// The job's own estimate of its memory, in bytes.
+    pub estimate: u64,
+    /// The memory it held when it ended, in bytes.
+    pub reserved: u64,
+    /// Its measured peak, in bytes, when the job recorded one.
+    pub peak: Option<u64>,
+}
+
+/// The admission gate. Cheap to clone: clones share one gate.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: GateSettings,
+    memory: Pool,
+    running: Pool,
+    max_reservation: AtomicU64,
+    in_flight: AtomicUsize,
+    queued: AtomicUsize,
+    waiting_memory: AtomicUsize,
+    waiting_running: AtomicUsize,
+    draining: AtomicBool,
+    costs: CostModel,
+    service: Mutex<Service>,
+}
+
+/// Recent service times, for retry delays and the controller.
+#[derive(Debug, Default)]
+struct Service {
+    average: Option<Duration>,
+    completions: Vec<Completion>,
+}
+
+/// Which pool a wait is for; they count their waiters apart.
+#[derive(Clone, Copy, Debug)]
+enum Need {
+    Memory,
+    RunSlot,
+}
+
+impl Gate {
+    /// A gate with `capacity` bytes for jobs, the largest reservation
+    /// bounded by the same amount, and `settings.max_running` run slots.
+    ///
+    /// # Panics
+    ///
+    /// If `settings` fail [`GateSettings::validate`]: the configuration is
+    /// checked before a gate is built.
+    pub fn new(settings: GateSettings, capacity: u64) -> Self {
+        if let Err(e) = settings.validate() {
+            panic!("invalid gate settings: {e}");
+        }
+
+        let inner = Inner {
+            memory: Pool::new(capacity / UNIT_BYTES),
+            running: Pool::new(settings.max_running as u64),
+            max_reservation: AtomicU64::new(capacity),
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            waiting_memory: AtomicUsize::new(0),
+            waiting_running: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            costs: CostModel::default(),
+            service: Mutex::new(Service::default()),
+            settings,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The settings the gate was built with.
+    pub fn settings(&self) -> &GateSettings {
+        &self.inner.settings
+    }
+
+    /// Reserves memory for a job of `class` that its code estimates at
+    /// `estimate` bytes. The estimate is first corrected by what earlier
+    /// jobs of the class really used.
+    ///
+    /// Returns at once when the memory is free; otherwise waits in FIFO
+    /// order, at most [`GateSettings::max_wait_ms`].
+    ///
+    /// # Errors
+    ///
+    /// A [`Refusal`] saying why: `too_large` (at once, for a job larger
+    /// than the gate can ever hold), `queue_full`, `wait_timed_out` or
+    /// `draining`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits reserves nothing and leaves the
+    /// queue.
+    pub async fn reserve(&self, class: &str, estimate: u64) -> Result<Reservation, Refusal> {
+        let bytes = self.inner.costs.correct(class, estimate);
+        let units = self.inner.units_within_limit(bytes)?;
+        self.inner.wait(Need::Memory, units).await?;
+
+        Ok(Reservation::new(
+            Arc::clone(&self.inner),
+            class,
+            estimate,
+            u64::from(units),
+        ))
+    }
+
+    /// Reserves memory and a run slot: [`Gate::reserve`] then
+    /// [`Reservation::run`], for jobs that start working at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gate::reserve`] and [`Reservation::run`].
+    pub async fn admit(&self, class: &str, estimate: u64) -> Result<Reservation, Refusal> {
+        let mut reservation = self.reserve(class, estimate).await?;
+        reservation.run().await?;
+        Ok(reservation)
+    }
+
+    /// What a job of `class` estimated at `estimate` bytes would reserve.
+    pub fn corrected(&self, class: &str, estimate: u64) -> u64 {
+        self.inner.costs.correct(class, estimate)
+    }
+
+    /// Moves the capacity to `bytes`. Below what is reserved, the
+    /// difference is owed and paid back as reservations end.
+    pub fn set_capacity(&self, bytes: u64) {
+        self.inner.memory.resize(bytes / UNIT_BYTES);
+    }
+
+    /// Sets the largest reservation the gate accepts, in bytes.
+    pub fn set_max_reservation(&self, bytes: u64) {
+        self.inner.max_reservation.store(bytes, Ordering::Release);
+    }
+
+    /// Sets how many jobs may run at once, clamped to the settings' bounds.
+    pub fn set_running_limit(&self, limit: usize) {
+        let settings = &self.inner.settings;
+        let limit = limit.clamp(settings.min_running, settings.max_running);
+        self.inner.running.resize(limit as u64);
+    }
+
+    /// Starts draining: nothing new is admitted, and every job waiting for
+    /// memory or a run slot is refused with `draining`. Jobs already
+    /// running carry on and return what they hold as they end.
+    pub fn close(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner.memory.close();
+        self.inner.running.close();
+    }
+
+    /// The gate's accounts at this instant.
+    pub fn state(&self) -> GateState {
+        let inner = &self.inner;
+        let memory = inner.memory.snapshot();
+        let running = inner.running.snapshot();
+        GateState {
+            capacity: memory.capacity * UNIT_BYTES,
+            reserved: memory.held * UNIT_BYTES,
+            owed: memory.owed * UNIT_BYTES,
+            max_reservation: inner.max_reservation.load(Ordering::Acquire),
+            in_flight: inner.in_flight.load(Ordering::Acquire),
+            running: running.held as usize,
+            running_limit: running.capacity as usize,
+            queued: inner.queued.load(Ordering::Acquire),
+            waiting_memory: inner.waiting_memory.load(Ordering::Acquire),
+            waiting_running: inner.waiting_running.load(Ordering::Acquire),
+            draining: inner.draining.load(Ordering::Acquire),
+        }
+    }
+
+    /// Every job class's learned correction.
+    pub fn costs(&self) -> Vec<ClassCost> {
+        self.inner.costs.classes_snapshot()
+    }
+
+    /// Takes the jobs that ended since the last call, oldest first.
+    pub fn take_completions(&self) -> Vec<Completion> {
+        std::mem::take(&mut self.inner.service().completions)
+    }
+
+    /// The running average of service times, if any job has ended.
+    pub fn average_service_time(&self) -> Option<Duration> {
+        self.inner.service().average
+    }
+
+}
+
+impl Inner {
+    fn pool(&self, need: Need) -> (&Pool, &AtomicUsize) {
+        match need {
+            Need::Memory => (&self.memory, &self.waiting_memory),
+            Need::RunSlot => (&self.running, &self.waiting_running),
+        }
+    }
+
+    /// Checks `bytes` against the largest reservation and converts it to
+    /// units.
+    fn units_within_limit(&self, bytes: u64) -> Result<u32, Refusal> {
+        let max = self.max_reservation.load(Ordering::Acquire);
+        let units = u32::try_from(bytes.div_ceil(UNIT_BYTES));
+        match units {
+            Ok(units) if bytes <= max => Ok(units),
+            _ => Err(self.refusal(RefusalReason::TooLarge { bytes, max })),
+        }
+    }
+
+    /// Takes `units` from the pool for `need`: at once when free, else in
+    /// the bounded queue.
+    async fn wait(&self, need: Need, units: u32) -> Result<(), Refusal> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(self.refusal(RefusalReason::Draining));
+        }
+
+        let (pool, waiting) = self.pool(need);
+        match pool.try_acquire(units) {
+            Ok(()) => return Ok(()),
+            Err(PoolError::Closed) => return Err(self.refusal(RefusalReason::Draining)),
+            Err(PoolError::Busy) => {}
+        }
+
+        let _place = self.enter_queue(waiting)?;
+        let waited = tokio::time::timeout(self.settings.max_wait(), pool.acquire(units)).await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.refusal(RefusalReason::Draining)),
+            Err(_) => Err(self.refusal(RefusalReason::WaitTimedOut)),
+        }
+    }
+
+    /// Takes a place in the queue, or refuses when it is full.
+    fn enter_queue<'a>(&'a self, waiting: &'a AtomicUsize) -> Result<QueuePlace<'a>, Refusal> {
+        let max = self.settings.max_queue;
+        let taken = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < max).then_some(q + 1)
+            });
+        if taken.is_err() || self.settings.max_wait_ms == 0 {
+            if taken.is_ok() {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            return Err(self.refusal(RefusalReason::QueueFull));
+        }
+
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Ok(QueuePlace {
+            queued: &self.queued,
+            waiting,
+        })
+    }
+
+    fn refusal(&self, reason: RefusalReason) -> Refusal {
+        let retry_after = match reason {
+            RefusalReason::TooLarge { .. } => None,
+            RefusalReason::Draining => Some(MIN_RETRY_AFTER),
+            RefusalReason::QueueFull | RefusalReason::WaitTimedOut => Some(self.retry_after()),
+        };
+        Refusal {
+            reason,
+            retry_after,
+        }
+    }
+
+    /// How long until the queue ahead of a new job has likely drained: the
+    /// jobs waiting plus one, served `running_limit` at a time, each taking
+    /// the average service time.
+    fn retry_after(&self) -> Duration {
+        let Some(average) = self.service().average else {
+            return MIN_RETRY_AFTER;
+        };
+        let queued = self.queued.load(Ordering::Acquire) as u32 + 1;
+        let slots = self.running.snapshot().capacity.max(1) as u32;
+        let drain = average.saturating_mul(queued) / slots;
+
+        let whole_seconds = Duration::from_secs(drain.as_secs() + 1);
+        whole_seconds.clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
+    }
+
+    /// Books a job that ran and ended.
+    fn complete(&self, completion: Completion) {
+        let mut service = self.service();
+        let newest = completion.service_time;
+        service.average = Some(match service.average {
+            None => newest,
+            Some(old) => old.mul_f64(1.0 - SERVICE_TIME_WEIGHT) + newest.mul_f64(SERVICE_TIME_WEIGHT),
+        });
+
+        if service.completions.len() == MAX_PENDING_COMPLETIONS {
+            // The controller has stopped draining; keep the newest.
+            service.completions.remove(0);
+        }
+        service.completions.push(completion);
+    }
+
+    fn service(&self) -> std::sync::MutexGuard<'_, Service> {
+        // Plain numbers and a list: still meaningful after a panic.
+        self.service.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A place in the queue, given up when dropped: a waiter that is
+/// cancelled, times out or is admitted leaves the count in every case.
+struct QueuePlace<'a> {
+    queued: &'a AtomicUsize,
+    waiting: &'a AtomicUsize,
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}

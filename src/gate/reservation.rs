@@ -1,0 +1,154 @@
+//! A job's hold on the gate: memory, and a run slot once it runs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+
+use super::{Completion, Inner, Need, Refusal, UNIT_BYTES};
+
+/// Memory held by one job, and a run slot once [`Reservation::run`] has
+/// returned. Dropping it returns both, on every path: success, error,
+/// panic (drop runs during unwinding), a cancelled future, a timeout.
+///
+/// When the job [ran](Reservation::run), dropping it also reports the
+/// job's service time and, if [recorded](Reservation::record_peak), its
+/// measured peak to the gate, which learns from them.
+#[derive(Debug)]
+#[must_use = "a reservation returns its memory as soon as it is dropped"]
+pub struct Reservation {
+    gate: Arc<Inner>,
+    class: String,
+    estimate: u64,
+    units: u64,
+    reserved_at: Instant,
+    run_started: Option<Instant>,
+    peak: Option<u64>,
+}
+
+impl Reservation {
+    pub(super) fn new(gate: Arc<Inner>, class: &str, estimate: u64, units: u64) -> Self {
+        gate.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self {
+            gate,
+            class: class.to_owned(),
+            estimate,
+            units,
+            reserved_at: Instant::now(),
+            run_started: None,
+            peak: None,
+        }
+    }
+
+    /// The job's class.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// The job's own latest estimate, in bytes, before correction.
+    pub fn estimate(&self) -> u64 {
+        self.estimate
+    }
+
+    /// The memory held, in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.units * UNIT_BYTES
+    }
+
+    /// Whether the job holds a run slot.
+    pub fn is_running(&self) -> bool {
+        self.run_started.is_some()
+    }
+
+    /// Raises the job's estimate to `estimate` bytes, once it knows more
+    /// about its input (an image's header has been read, say). The new
+    /// estimate is corrected as in [`Gate::reserve`](super::Gate::reserve)
+    /// and the difference waited for in the same queue; an estimate below
+    /// what is held changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gate::reserve`](super::Gate::reserve). The reservation keeps
+    /// what it held before the call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the reservation as it was.
+    pub async fn grow(&mut self, estimate: u64) -> Result<(), Refusal> {
+        let target = self.gate.costs.correct(&self.class, estimate);
+        let units = self.gate.units_within_limit(target)?;
+        let extra = u64::from(units).saturating_sub(self.units);
+        if extra > 0 {
+            // `extra` is at most `units`, which fits in a u32.
+            let extra32 = u32::try_from(extra).expect("extra units fit in u32");
+            self.gate.wait(Need::Memory, extra32).await?;
+            self.units += extra;
+        }
+        self.estimate = self.estimate.max(estimate);
+        Ok(())
+    }
+
+    /// Gives back all but `bytes` of what is held, for a job that has
+    /// released a buffer. Holding less than `bytes` already changes nothing.
+    pub fn shrink_to(&mut self, bytes: u64) {
+        let keep = bytes.div_ceil(UNIT_BYTES);
+        if keep < self.units {
+            self.gate.memory.release(self.units - keep);
+            self.units = keep;
+        }
+    }
+
+    /// Takes a run slot, waiting in the bounded queue if every slot is in
+    /// use. Calling it again while running does nothing.
+    ///
+    /// # Errors
+    ///
+    /// `queue_full`, `wait_timed_out` or `draining`; the memory stays held
+    /// until the reservation is dropped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future takes no slot.
+    pub async fn run(&mut self) -> Result<(), Refusal> {
+        if self.run_started.is_none() {
+            self.gate.wait(Need::RunSlot, 1).await?;
+            self.run_started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Records the job's measured peak memory, in bytes. When the
+    /// reservation ends, the peak is compared with the estimate to correct
+    /// later estimates of the class.
+    pub fn record_peak(&mut self, bytes: u64) {
+        self.peak = Some(self.peak.map_or(bytes, |p| p.max(bytes)));
+    }
+
+    /// How long the reservation has been held.
+    pub fn held_for(&self) -> std::time::Duration {
+        self.reserved_at.elapsed()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let gate = &self.gate;
+        gate.memory.release(self.units);
+
+        if let Some(started) = self.run_started {
+            gate.running.release(1);
+            if let Some(peak) = self.peak {
+                gate.costs.observe(&self.class, self.estimate, peak);
+            }
+            gate.complete(Completion {
+                class: std::mem::take(&mut self.class),
+                service_time: started.elapsed(),
+                estimate: self.estimate,
+                reserved: self.units * UNIT_BYTES,
+                peak: self.peak,
+            });
+        }
+
+        gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
