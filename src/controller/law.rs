@@ -21,9 +21,11 @@
 //!    and part of what running jobs hold is owed back as they end.
 //!
 //! 3. **Hysteresis.** Once engaged, pressure is released only below the
-//!    low watermark, and capacity grows back only then, only while jobs
-//!    wait for memory, and by at most `grow_step` of the ceiling per tick.
-//!    Between the two watermarks capacity holds still.
+//!    low watermark; until then capacity does not grow. Out of pressure,
+//!    capacity follows the bound: down at once, up only while jobs wait
+//!    for memory and by at most `grow_step` of the ceiling per tick, so
+//!    that each step is measured before the next. Moves smaller than a
+//!    deadband are not made.
 
 use std::time::Duration;
 
@@ -31,6 +33,12 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::ControllerSettings;
+
+/// Moves of the bound smaller than this share of the ceiling are noise (a
+/// server buffer, a job between two phases) and do not move the capacity:
+/// without it, capacity would follow every wiggle of the unreserved
+/// estimate, tick after tick.
+const DEADBAND: f64 = 0.01;
 
 /// What the law reads on each tick. Sizes are in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +77,7 @@ pub enum Reason {
     Pressure,
     /// Unreserved memory rose, so less is left for jobs.
     UnreservedRose,
-    /// Below the low watermark with jobs waiting: grow back.
+    /// Below the bound, out of pressure, with jobs waiting: grow back.
     Recovery,
 }
 
@@ -119,6 +127,7 @@ pub struct CapacityLaw {
     low: u64,
     shrink_gain: f64,
     grow_step: u64,
+    deadband: u64,
     decay: Duration,
     purge_interval: Duration,
     unreserved: Option<u64>,
@@ -138,6 +147,7 @@ impl CapacityLaw {
             low: of_ceiling(settings.low_watermark),
             shrink_gain: settings.shrink_gain,
             grow_step: of_ceiling(settings.grow_step).max(1),
+            deadband: of_ceiling(DEADBAND),
             decay: Duration::from_millis(settings.unreserved_decay_ms),
             purge_interval: Duration::from_millis(settings.purge_interval_ms),
             unreserved: None,
@@ -219,13 +229,15 @@ impl CapacityLaw {
         }
 
         // Unreserved memory rose past what the capacity allowed for.
-        if inputs.capacity > bound {
+        if inputs.capacity > bound.saturating_add(self.deadband) {
             return (bound, Reason::UnreservedRose);
         }
 
-        // Room again, and jobs that want it: grow back a step at a time.
-        let room = !self.pressure && inputs.working_set < self.low;
-        if room && inputs.waiting_memory > 0 && inputs.capacity < bound {
+        // Below the bound, out of pressure, with jobs that want memory:
+        // grow back a step at a time, so that each step is measured before
+        // the next is taken.
+        let gap = bound.saturating_sub(inputs.capacity);
+        if !self.pressure && inputs.waiting_memory > 0 && gap > self.deadband {
             let grown = inputs.capacity.saturating_add(self.grow_step).min(bound);
             return (grown, Reason::Recovery);
         }
@@ -235,17 +247,20 @@ impl CapacityLaw {
 
     /// Updates the unreserved estimate and returns it.
     ///
-    /// With heap statistics, unreserved memory is what lies outside the
-    /// allocator's pages plus heap bytes that no reservation covers. Jobs
-    /// hold their memory in the heap, so this does not dip while they have
-    /// not yet touched what they reserved. Without them, it is the working
-    /// set minus what is reserved, which does dip; the slow fall covers it.
+    /// Unreserved memory is the working set minus what reservations cover.
+    /// With heap statistics, a reservation covers the heap's pages in use
+    /// and those it keeps for reuse: a job that has not yet touched all it
+    /// reserved does not make the rest of the working set look smaller,
+    /// and freed pages are room a new job grows into (when it cannot,
+    /// because its thread uses another arena, the working set rises past
+    /// the high watermark and a purge returns them). Without heap
+    /// statistics the whole reservation counts, and the estimate dips
+    /// while jobs start; its slow fall covers that.
     fn track_unreserved(&mut self, inputs: &Inputs) -> u64 {
         let measured = match inputs.heap {
             Some(heap) => {
                 let outside_heap = inputs.working_set.saturating_sub(heap.resident);
-                let uncovered = heap.allocated.saturating_sub(inputs.reserved);
-                outside_heap + uncovered
+                outside_heap + heap.allocated.saturating_sub(inputs.reserved)
             }
             None => inputs.working_set.saturating_sub(inputs.reserved),
         };
@@ -335,13 +350,34 @@ mod tests {
     }
 
     #[test]
-    fn below_the_low_watermark_capacity_grows_one_step_per_tick() {
+    fn out_of_pressure_capacity_grows_one_step_per_tick_while_jobs_wait() {
         let mut law = law();
         let t = Instant::now();
         law.step(inputs(t, 100 * MIB, 0, 0));
         let d = law.step(inputs(t, 300 * MIB, 200 * MIB, 200 * MIB));
         assert_eq!(d.capacity, 250 * MIB);
         assert_eq!(d.reason, Some(Reason::Recovery));
+
+        let idle = Inputs {
+            waiting_memory: 0,
+            ..inputs(t, 300 * MIB, 200 * MIB, 250 * MIB)
+        };
+        assert_eq!(law.step(idle).reason, None, "nobody waits: hold");
+    }
+
+    #[test]
+    fn under_pressure_capacity_does_not_grow_until_the_low_watermark() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 100 * MIB, 0, 0));
+        law.step(inputs(t, 990 * MIB, 800 * MIB, 850 * MIB));
+
+        let d = law.step(inputs(t, 900 * MIB, 500 * MIB, 500 * MIB));
+        assert_eq!(d.capacity, 500 * MIB, "still under pressure");
+
+        let d = law.step(inputs(t, 800 * MIB, 500 * MIB, 500 * MIB));
+        assert_eq!(d.transition, Some(Transition::Released));
+        assert_eq!(d.capacity, 550 * MIB);
     }
 
     #[test]
@@ -359,26 +395,27 @@ mod tests {
         let mut law = law();
         let t = Instant::now();
         law.step(inputs(t, 600 * MIB, 0, 0));
+        // A quarter of the decay time closes a quarter of the gap.
         let later = t + Duration::from_millis(500);
         let d = law.step(inputs(later, 100 * MIB, 0, 350 * MIB));
-        assert!(d.unreserved > 500 * MIB, "{}", d.unreserved / MIB);
+        assert_eq!(d.unreserved, 475 * MIB);
     }
 
     #[test]
     fn heap_statistics_see_through_untouched_reservations() {
         let mut law = law();
         let t = Instant::now();
-        let heap = Heap {
-            allocated: 10 * MIB,
-            resident: 20 * MIB,
-        };
         let idle = Inputs {
-            heap: Some(heap),
+            heap: Some(Heap {
+                allocated: 10 * MIB,
+                resident: 20 * MIB,
+            }),
             ..inputs(t, 100 * MIB, 0, 0)
         };
         assert_eq!(law.step(idle).unreserved, 90 * MIB);
 
-        // 500 MiB reserved, 100 MiB of it touched so far.
+        // 500 MiB reserved, 100 MiB of it touched so far: the estimate
+        // does not dip to zero.
         let busy = Inputs {
             heap: Some(Heap {
                 allocated: 110 * MIB,

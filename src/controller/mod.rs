@@ -61,8 +61,8 @@ impl Default for ControllerSettings {
             low_watermark: 0.85,
             shrink_gain: 1.0,
             grow_step: 0.05,
-            unreserved_decay_ms: 5_000,
-            purge_interval_ms: 1_000,
+            unreserved_decay_ms: 2_000,
+            purge_interval_ms: 50,
         }
     }
 }

@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
 mod cost;
 mod pool;
@@ -91,6 +92,10 @@ pub struct GateSettings {
     /// The most running jobs the controller may allow, and the limit the
     /// gate starts with. Count, at least `min_running`.
     pub max_running: usize,
+    /// Jobs of a class never seen to finish that may hold reservations at
+    /// once, until the first one ends and its measured peak corrects the
+    /// class's estimates. Count, 0 (no probing) to 1000.
+    pub probe_jobs: usize,
 }
 
 impl Default for GateSettings {
@@ -100,6 +105,7 @@ impl Default for GateSettings {
             max_wait_ms: 10_000,
             min_running: 1,
             max_running: 8,
+            probe_jobs: 2,
         }
     }
 }
@@ -122,6 +128,12 @@ impl GateSettings {
             return Err(format!(
                 "gate.max_wait_ms: {} is above 3600000",
                 self.max_wait_ms
+            ));
+        }
+        if self.probe_jobs > 1000 {
+            return Err(format!(
+                "gate.probe_jobs: {} is above 1000",
+                self.probe_jobs
             ));
         }
         if self.min_running == 0 {
@@ -264,7 +276,7 @@ impl Gate {
             waiting_memory: AtomicUsize::new(0),
             waiting_running: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            costs: CostModel::default(),
+            costs: CostModel::new(settings.probe_jobs),
             service: Mutex::new(Service::default()),
             settings,
         };
@@ -296,6 +308,7 @@ impl Gate {
     /// Dropping the future while it waits reserves nothing and leaves the
     /// queue.
     pub async fn reserve(&self, class: &str, estimate: u64) -> Result<Reservation, Refusal> {
+        let probe = self.inner.probe(class).await?;
         let bytes = self.inner.costs.correct(class, estimate);
         let units = self.inner.units_within_limit(bytes)?;
         self.inner.wait(Need::Memory, units).await?;
@@ -305,6 +318,7 @@ impl Gate {
             class,
             estimate,
             u64::from(units),
+            probe,
         ))
     }
 
@@ -427,6 +441,32 @@ impl Inner {
         match waited {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(self.refusal(RefusalReason::Draining)),
+            Err(_) => Err(self.refusal(RefusalReason::WaitTimedOut)),
+        }
+    }
+
+    /// Waits for a place among the jobs probing `class`, while it is
+    /// probed. The wait counts as a wait for memory: it is the memory the
+    /// class might really use that is unknown.
+    async fn probe(&self, class: &str) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(self.refusal(RefusalReason::Draining));
+        }
+        let Some(probe) = self.costs.probe(class) else {
+            return Ok(None);
+        };
+        match Arc::clone(&probe).try_acquire_owned() {
+            Ok(permit) => return Ok(Some(permit)),
+            // Closed: the class became known in the meantime.
+            Err(TryAcquireError::Closed) => return Ok(None),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+
+        let _place = self.enter_queue(&self.waiting_memory)?;
+        let waited = tokio::time::timeout(self.settings.max_wait(), probe.acquire_owned()).await;
+        match waited {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            Ok(Err(_)) => Ok(None),
             Err(_) => Err(self.refusal(RefusalReason::WaitTimedOut)),
         }
     }

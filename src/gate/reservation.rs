@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::{Completion, Inner, Need, Refusal, UNIT_BYTES};
@@ -24,10 +25,19 @@ pub struct Reservation {
     reserved_at: Instant,
     run_started: Option<Instant>,
     peak: Option<u64>,
+    /// A place among the jobs probing a new class; dropped after `Drop`
+    /// has marked the class known, so that waiters wake to a known class.
+    _probe: Option<OwnedSemaphorePermit>,
 }
 
 impl Reservation {
-    pub(super) fn new(gate: Arc<Inner>, class: &str, estimate: u64, units: u64) -> Self {
+    pub(super) fn new(
+        gate: Arc<Inner>,
+        class: &str,
+        estimate: u64,
+        units: u64,
+        probe: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         gate.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
             gate,
@@ -37,6 +47,7 @@ impl Reservation {
             reserved_at: Instant::now(),
             run_started: None,
             peak: None,
+            _probe: probe,
         }
     }
 
@@ -140,6 +151,7 @@ impl Drop for Reservation {
             if let Some(peak) = self.peak {
                 gate.costs.observe(&self.class, self.estimate, peak);
             }
+            gate.costs.ended(&self.class);
             gate.complete(Completion {
                 class: std::mem::take(&mut self.class),
                 service_time: started.elapsed(),
