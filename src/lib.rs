@@ -13,3 +13,5 @@
 pub mod memory;
 pub mod gate;
 pub mod controller;
+pub mod config;
+pub mod telemetry;
