@@ -19,9 +19,9 @@
 //! that prefix is stripped before joining the rest to the mount point.
 //!
 //! Discovery opens the files once; [`Cgroup::read`] re-reads them through
-//! the open handles. On this machine's v1 cgroup a reading costs about
-//! 17 us, most of it the kernel writing `memory.stat`; opening each file
-//! anew costs 58 us (`benches/signals.rs`).
+//! the open handles. On this machine's v1 cgroup a reading costs 17 to
+//! 21 us, most of it the kernel writing `memory.stat`; opening each file
+//! anew costs 53 to 58 us (`benches/signals.rs`).
 
 mod discover;
 mod stats;
