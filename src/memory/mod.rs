@@ -9,6 +9,8 @@
 //! [`SystemMemory`] reads the real signals, and tests and simulations script
 //! their own.
 
+use std::fmt;
+
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -17,12 +19,14 @@ pub mod jemalloc;
 pub mod process;
 
 mod ceiling;
+mod file;
 mod system;
 
-pub use ceiling::{Ceiling, CeilingError, CeilingSettings, CeilingSource};
+pub use ceiling::{Ceiling, CeilingError, CeilingSettings, CeilingSource, LimitKind};
 pub use cgroup::{Cgroup, CgroupStats, CgroupVersion, Pressure};
+pub use file::ParseError;
 pub use jemalloc::{Jemalloc, JemallocStats};
-pub use system::SystemMemory;
+pub use system::{Detection, SystemMemory};
 
 /// Which reading [`MemorySample::working_set`] was taken from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -59,6 +63,24 @@ pub struct MemorySample {
     pub cgroup: Option<CgroupStats>,
     /// The process's resident set, when `/proc/self/statm` could be read.
     pub process_rss: Option<u64>,
+}
+
+impl Signal {
+    /// The signal's name as it appears in logs, metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CgroupWorkingSet => "cgroup_working_set",
+            Self::ProcessRss => "process_rss",
+            Self::JemallocResident => "jemalloc_resident",
+            Self::Scripted => "scripted",
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl MemorySample {
