@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use memgate::controller::{Controller, ControllerSettings};
 use memgate::gate::{Gate, GateSettings};
-use memgate::memory::{
-    Ceiling, CeilingSettings, MemorySample, MemorySource, SystemMemory,
-};
+use memgate::memory::{Ceiling, CeilingSettings, MemorySample, MemorySource, SystemMemory};
 
 #[cfg(target_os = "linux")]
 #[global_allocator]
@@ -92,7 +90,9 @@ async fn contended(iters: u64) -> Duration {
     for handle in handles {
         handle.await.expect("task");
     }
-    started.elapsed().mul_f64(iters as f64 / (per_task * tasks) as f64)
+    started
+        .elapsed()
+        .mul_f64(iters as f64 / (per_task * tasks) as f64)
 }
 
 /// A source that returns the same reading without touching the machine.

@@ -96,8 +96,8 @@ impl Config {
     ///
     /// A [`ConfigError`] naming the key at fault.
     pub fn load_from(file: Option<&Path>, env: Environment) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(file) = file {
             builder = builder.add_source(File::from(file).format(FileFormat::Toml));
         }
@@ -192,7 +192,10 @@ mod tests {
     fn out_of_range_values_are_refused_by_key() {
         let err = Config::load_from(None, env(&[("MEMGATE__CONTROLLER__LOW_WATERMARK", "0.99")]))
             .unwrap_err();
-        assert!(err.to_string().contains("controller.low_watermark"), "{err}");
+        assert!(
+            err.to_string().contains("controller.low_watermark"),
+            "{err}"
+        );
 
         let err = Config::load_from(None, env(&[("MEMGATE__GATE__MIN_RUNNING", "0")])).unwrap_err();
         assert!(err.to_string().contains("gate.min_running"), "{err}");
@@ -200,7 +203,8 @@ mod tests {
 
     #[test]
     fn printed_configuration_loads_back_to_itself() {
-        let config = Config::load_from(None, env(&[("MEMGATE__MEMORY__CEILING", "1800MiB")])).unwrap();
+        let config =
+            Config::load_from(None, env(&[("MEMGATE__MEMORY__CEILING", "1800MiB")])).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("printed.toml");
         std::fs::write(&path, config.to_toml().unwrap()).unwrap();

@@ -10,8 +10,8 @@
 //!   samples, learns what jobs really cost, and sizes the running limit
 //!   from service times.
 
-pub mod memory;
-pub mod gate;
-pub mod controller;
 pub mod config;
+pub mod controller;
+pub mod gate;
+pub mod memory;
 pub mod telemetry;

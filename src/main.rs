@@ -21,7 +21,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// is idle: `main` enables jemalloc's background thread.
 #[cfg(target_os = "linux")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 35] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// Exit code for a configuration that cannot be used (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -82,7 +82,7 @@ async fn serve(config: Config) -> ExitCode {
     tracing::info!(
         ceiling = ceiling.bytes,
         limit = ceiling.limit,
-        source = ?ceiling.source,
+        source = %ceiling.source,
         "ceiling chosen"
     );
 

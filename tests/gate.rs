@@ -47,7 +47,10 @@ async fn reservation_returns_memory_on_success() {
 #[tokio::test(start_paused = true)]
 async fn reservation_returns_memory_when_the_job_fails() {
     async fn failing_job(gate: &Gate) -> Result<(), &'static str> {
-        let _job = gate.admit("synthetic", 100 * MIB).await.map_err(|_| "refused")?;
+        let _job = gate
+            .admit("synthetic", 100 * MIB)
+            .await
+            .map_err(|_| "refused")?;
         Err("corrupt input")
     }
 
@@ -132,7 +135,10 @@ async fn cancelled_waiter_leaves_the_queue_and_reserves_nothing() {
         gate.reserve("synthetic", 150 * MIB),
     )
     .await;
-    assert!(waiting.is_err(), "the waiter should still have been waiting");
+    assert!(
+        waiting.is_err(),
+        "the waiter should still have been waiting"
+    );
     assert_eq!(gate.state().queued, 0);
     assert_eq!(gate.state().reserved, 150 * MIB);
 
@@ -242,7 +248,11 @@ async fn capacity_below_what_is_reserved_is_owed_and_paid_back() {
     // Room comes back only once the debt is paid.
     drop(a);
     assert_eq!(gate.state().owed, 0);
-    let refused = tokio::time::timeout(Duration::from_millis(1), gate.reserve("synthetic", 200 * MIB)).await;
+    let refused = tokio::time::timeout(
+        Duration::from_millis(1),
+        gate.reserve("synthetic", 200 * MIB),
+    )
+    .await;
     assert!(refused.is_err(), "100 MiB free, 200 MiB asked: must wait");
     let c = gate.reserve("synthetic", 100 * MIB).await.unwrap();
 
@@ -258,7 +268,11 @@ async fn reservation_grows_in_the_queue_and_shrinks_at_once() {
 
     let waiting = tokio::time::timeout(Duration::from_millis(5), job.grow(150 * MIB)).await;
     assert!(waiting.is_err(), "only 90 MiB free: the growth waits");
-    assert_eq!(job.bytes(), 10 * MIB, "a cancelled growth keeps the old size");
+    assert_eq!(
+        job.bytes(),
+        10 * MIB,
+        "a cancelled growth keeps the old size"
+    );
 
     drop(other);
     job.grow(150 * MIB).await.unwrap();
@@ -351,7 +365,11 @@ async fn a_new_class_runs_only_its_probe_jobs_until_one_ends() {
         async move { gate.reserve("gif", 10 * MIB).await.map(|r| r.bytes()) }
     });
     tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(gate.state().waiting_memory, 1, "the third waits for the probe");
+    assert_eq!(
+        gate.state().waiting_memory,
+        1,
+        "the third waits for the probe"
+    );
     assert!(gate.costs()[0].probing);
 
     // The first probe ends having used three times its estimate: the

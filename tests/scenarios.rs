@@ -63,7 +63,9 @@ fn check(name: &str, scenario: &Scenario, report: &Report) -> Vec<String> {
     for (class, min) in &expect.min_class_factor {
         let factor = report.class_factors.get(class).copied().unwrap_or(1.0);
         if factor < *min {
-            fail(format!("class {class} learned factor {factor:.2}, below {min}"));
+            fail(format!(
+                "class {class} learned factor {factor:.2}, below {min}"
+            ));
         }
     }
     failures

@@ -89,7 +89,12 @@ impl ControllerSettings {
             ));
         }
         fraction("high_watermark", self.high_watermark, 0.0, 1.0)?;
-        fraction("low_watermark", self.low_watermark, 0.0, self.high_watermark)?;
+        fraction(
+            "low_watermark",
+            self.low_watermark,
+            0.0,
+            self.high_watermark,
+        )?;
         if self.low_watermark >= self.high_watermark {
             return Err(format!(
                 "controller.low_watermark: {} is not below controller.high_watermark ({})",
@@ -203,7 +208,7 @@ impl<S: MemorySource> Controller<S> {
         let first = source.sample(now);
         let placeholder = AdmissionState {
             tick: 0,
-            ceiling: ceiling.clone(),
+            ceiling,
             high_watermark: law.high_watermark(),
             low_watermark: law.low_watermark(),
             working_set: first.working_set,
@@ -382,7 +387,7 @@ impl<S: MemorySource> Controller<S> {
     fn publish(&self, sample: MemorySample, decision: Decision, gate: GateState) -> AdmissionState {
         let state = AdmissionState {
             tick: self.tick,
-            ceiling: self.ceiling.clone(),
+            ceiling: self.ceiling,
             high_watermark: self.law.high_watermark(),
             low_watermark: self.law.low_watermark(),
             working_set: sample.working_set,

@@ -87,10 +87,12 @@ impl CostModel {
             return None;
         }
         let mut classes = self.classes();
-        let history = classes.entry(class.to_owned()).or_insert_with(|| ClassHistory {
-            probe: Some(Arc::new(Semaphore::new(self.probe_jobs))),
-            ..ClassHistory::default()
-        });
+        let history = classes
+            .entry(class.to_owned())
+            .or_insert_with(|| ClassHistory {
+                probe: Some(Arc::new(Semaphore::new(self.probe_jobs))),
+                ..ClassHistory::default()
+            });
         history.probe.clone()
     }
 

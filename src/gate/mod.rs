@@ -400,7 +400,6 @@ impl Gate {
     pub fn average_service_time(&self) -> Option<Duration> {
         self.inner.service().average
     }
-
 }
 
 impl Inner {
@@ -526,7 +525,9 @@ impl Inner {
         let newest = completion.service_time;
         service.average = Some(match service.average {
             None => newest,
-            Some(old) => old.mul_f64(1.0 - SERVICE_TIME_WEIGHT) + newest.mul_f64(SERVICE_TIME_WEIGHT),
+            Some(old) => {
+                old.mul_f64(1.0 - SERVICE_TIME_WEIGHT) + newest.mul_f64(SERVICE_TIME_WEIGHT)
+            }
         });
 
         if service.completions.len() == MAX_PENDING_COMPLETIONS {

@@ -137,7 +137,9 @@ impl Pool {
     pub fn books(&self) -> std::sync::MutexGuard<'_, Books> {
         // A panic while the lock is held can only come from a bug in this
         // file's arithmetic; the books are still the best record there is.
-        self.books.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.books
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// A copy of the accounts at one instant.
@@ -184,7 +186,14 @@ mod tests {
         assert_eq!(pool.try_acquire(1), Err(PoolError::Busy));
 
         pool.release(100);
-        assert_eq!(pool.snapshot(), Books { capacity: 70, owed: 0, held: 0 });
+        assert_eq!(
+            pool.snapshot(),
+            Books {
+                capacity: 70,
+                owed: 0,
+                held: 0
+            }
+        );
         assert!(pool.try_acquire(70).is_ok());
     }
 

@@ -88,11 +88,35 @@ impl JemallocStats {
     }
 }
 
+/// jemalloc's settings that decide how soon freed pages go back to the OS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Tuning {
+    /// Whether jemalloc's background thread runs decay while the process
+    /// is idle.
+    pub background_thread: bool,
+    /// Time for freed ("dirty") pages to be returned, in milliseconds;
+    /// -1 means never.
+    pub dirty_decay_ms: i64,
+    /// Time for pages returned lazily ("muzzy") to be returned for good,
+    /// in milliseconds.
+    pub muzzy_decay_ms: i64,
+}
+
+impl std::fmt::Display for Tuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "background_thread:{}, dirty_decay_ms:{}, muzzy_decay_ms:{}",
+            self.background_thread, self.dirty_decay_ms, self.muzzy_decay_ms
+        )
+    }
+}
+
 #[cfg(target_os = "linux")]
-pub use linux::{Jemalloc, reset_thread_peak, thread_peak};
+pub use linux::{Jemalloc, enable_background_thread, reset_thread_peak, thread_peak};
 
 #[cfg(not(target_os = "linux"))]
-pub use unsupported::{Jemalloc, reset_thread_peak, thread_peak};
+pub use unsupported::{Jemalloc, enable_background_thread, reset_thread_peak, thread_peak};
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -213,6 +237,28 @@ mod linux {
         call_void(THREAD_PEAK_RESET)
     }
 
+    /// Starts jemalloc's background thread and reports the decay settings
+    /// in force. Without the thread, decay runs only when some thread
+    /// allocates, so an idle process keeps what it freed.
+    ///
+    /// # Errors
+    ///
+    /// [`JemallocError::Ctl`] if jemalloc refuses; the process then runs
+    /// without the thread.
+    pub fn enable_background_thread() -> Result<super::Tuning, JemallocError> {
+        tikv_jemalloc_ctl::background_thread::write(true).map_err(ctl("background_thread"))?;
+
+        // SAFETY: both options are `ssize_t` controls.
+        let dirty = unsafe { raw::read::<isize>(b"opt.dirty_decay_ms\0") };
+        let muzzy = unsafe { raw::read::<isize>(b"opt.muzzy_decay_ms\0") };
+        Ok(super::Tuning {
+            background_thread: tikv_jemalloc_ctl::background_thread::read()
+                .map_err(ctl("background_thread"))?,
+            dirty_decay_ms: dirty.map_err(ctl("opt.dirty_decay_ms"))? as i64,
+            muzzy_decay_ms: muzzy.map_err(ctl("opt.muzzy_decay_ms"))? as i64,
+        })
+    }
+
     /// Calls a control that takes and returns nothing.
     fn call_void(name: &'static CStr) -> Result<(), JemallocError> {
         // SAFETY: `name` is NUL-terminated, and void controls read and
@@ -283,6 +329,13 @@ mod unsupported {
     ///
     /// Always [`JemallocError::Unsupported`].
     pub fn thread_peak() -> Result<u64, JemallocError> {
+        Err(JemallocError::Unsupported)
+    }
+
+    /// # Errors
+    ///
+    /// Always [`JemallocError::Unsupported`].
+    pub fn enable_background_thread() -> Result<super::Tuning, JemallocError> {
         Err(JemallocError::Unsupported)
     }
 

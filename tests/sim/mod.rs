@@ -182,7 +182,9 @@ pub struct Report {
 
 impl Report {
     pub fn throughput(&self) -> f64 {
-        let span = self.last_completion.saturating_sub(self.first_arrival.unwrap_or_default());
+        let span = self
+            .last_completion
+            .saturating_sub(self.first_arrival.unwrap_or_default());
         self.completed as f64 / span.as_secs_f64().max(1e-9)
     }
 
@@ -447,7 +449,11 @@ pub async fn run(scenario: &Scenario) -> Report {
     }));
 
     let horizon = Duration::from_secs_f64(scenario.duration_s);
-    let stepper = tokio::spawn(step_machine(Arc::clone(&machine), scenario.surges_owned(), horizon));
+    let stepper = tokio::spawn(step_machine(
+        Arc::clone(&machine),
+        scenario.surges_owned(),
+        horizon,
+    ));
     let finished = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(watch_capacity(
         states,
@@ -467,7 +473,12 @@ pub async fn run(scenario: &Scenario) -> Report {
     let mut jobs = Vec::new();
     for spec in specs {
         tokio::time::sleep_until(started + spec.at).await;
-        let task = job(gate.clone(), Arc::clone(&machine), spec, Arc::clone(&refusals));
+        let task = job(
+            gate.clone(),
+            Arc::clone(&machine),
+            spec,
+            Arc::clone(&refusals),
+        );
         jobs.push(tokio::spawn(task));
     }
 
@@ -499,7 +510,10 @@ pub async fn run(scenario: &Scenario) -> Report {
     let queued: Vec<&Point> = timeline.iter().filter(|p| p.queued > 0).collect();
     report.mean_running_limit =
         queued.iter().map(|p| p.running_limit as f64).sum::<f64>() / queued.len().max(1) as f64;
-    report.capacity_moves = timeline.windows(2).filter(|w| w[0].capacity != w[1].capacity).count() as u64;
+    report.capacity_moves = timeline
+        .windows(2)
+        .filter(|w| w[0].capacity != w[1].capacity)
+        .count() as u64;
     if let Some(last) = timeline.last() {
         report.purges = last.purges;
         report.class_factors = last.factors.clone();
@@ -572,7 +586,11 @@ async fn watch_capacity(
             working_set: state.working_set,
             pressure: state.pressure,
             purges: state.purges,
-            factors: state.costs.iter().map(|c| (c.class.clone(), c.factor)).collect(),
+            factors: state
+                .costs
+                .iter()
+                .map(|c| (c.class.clone(), c.factor))
+                .collect(),
         });
     }
     timeline
@@ -597,7 +615,10 @@ fn recoveries(timeline: &[Point], surges: &[Surge], tick: Duration) -> Vec<Optio
 
 /// Prints the timeline once a second, for `SCENARIO_TRACE=1`.
 fn trace(timeline: &[Point], tick: Duration) {
-    let every = std::env::var("SCENARIO_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or((1.0 / tick.as_secs_f64()).round() as usize);
+    let every = std::env::var("SCENARIO_TRACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or((1.0 / tick.as_secs_f64()).round() as usize);
     for p in timeline.iter().step_by(every.max(1)) {
         println!(
             "  t={:>6.1}s ws={:>5} cap={:>5} res={:>5} queued={:>3} running={:>2}/{:<2} pressure={}",
