@@ -339,6 +339,21 @@ mod tests {
     }
 
     #[test]
+    fn pressure_transitions_are_reported_once_each() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 100 * MIB, 0, 0));
+
+        let over = |law: &mut CapacityLaw| law.step(inputs(t, 990 * MIB, 800 * MIB, 800 * MIB));
+        assert_eq!(over(&mut law).transition, Some(Transition::Engaged));
+        assert_eq!(over(&mut law).transition, None);
+
+        let under = |law: &mut CapacityLaw| law.step(inputs(t, 500 * MIB, 400 * MIB, 400 * MIB));
+        assert_eq!(under(&mut law).transition, Some(Transition::Released));
+        assert_eq!(under(&mut law).transition, None);
+    }
+
+    #[test]
     fn between_the_watermarks_capacity_holds() {
         let mut law = law();
         let t = Instant::now();

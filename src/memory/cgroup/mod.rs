@@ -272,6 +272,21 @@ impl Cgroup {
         Ok(stats)
     }
 
+    /// Reads only the usage (`memory.current` or
+    /// `memory.usage_in_bytes`): one small file, for the ticks between two
+    /// full [`Cgroup::read`]s.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cgroup::read`].
+    pub fn read_usage(&mut self) -> Result<u64, CgroupError> {
+        let usage = match &self.files {
+            Files::V1 { usage, .. } => usage,
+            Files::V2 { current, .. } => current,
+        };
+        read_parsed(usage, &mut self.buf, super::file::parse_u64)
+    }
+
     fn open_v2(unified: &Located) -> Result<Self, CgroupError> {
         let dir = &unified.dir;
 

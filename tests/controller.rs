@@ -1,0 +1,235 @@
+//! The controller's decisions on scripted memory, tick by tick.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use memgate::controller::{Controller, ControllerSettings};
+use memgate::gate::{Binding, Gate, GateSettings};
+use memgate::memory::{Ceiling, CeilingSettings, JemallocStats, MemorySample, MemorySource};
+use tokio::time::Instant;
+
+const MIB: u64 = 1 << 20;
+
+/// A scripted machine: memory outside the heap, the heap in use, and the
+/// freed pages the allocator keeps, which a purge returns.
+#[derive(Clone, Default)]
+struct Script(Arc<Mutex<State>>);
+
+#[derive(Default)]
+struct State {
+    outside: u64,
+    allocated: u64,
+    dirty: u64,
+    purges: u32,
+}
+
+impl Script {
+    fn set(&self, outside_mib: u64, allocated_mib: u64, dirty_mib: u64) {
+        let mut state = self.0.lock().unwrap();
+        state.outside = outside_mib * MIB;
+        state.allocated = allocated_mib * MIB;
+        state.dirty = dirty_mib * MIB;
+    }
+
+    fn purges(&self) -> u32 {
+        self.0.lock().unwrap().purges
+    }
+}
+
+impl MemorySource for Script {
+    fn sample(&mut self, at: Instant) -> MemorySample {
+        let state = self.0.lock().unwrap();
+        let resident = state.allocated + state.dirty;
+        let mut sample = MemorySample::scripted(at, state.outside + resident);
+        sample.jemalloc = Some(JemallocStats {
+            allocated: state.allocated,
+            active: state.allocated,
+            resident,
+            ..JemallocStats::default()
+        });
+        sample
+    }
+
+    fn purge(&mut self) -> bool {
+        let mut state = self.0.lock().unwrap();
+        state.dirty = 0;
+        state.purges += 1;
+        true
+    }
+}
+
+/// A controller under a 1000 MiB ceiling: high watermark 950 MiB, low
+/// watermark 850 MiB.
+fn controller(script: &Script) -> Controller<Script> {
+    let settings = CeilingSettings {
+        ceiling_ratio: 1.0,
+        ..CeilingSettings::default()
+    };
+    let ceiling = Ceiling::resolve(&settings, Some(1000 * MIB)).unwrap();
+    let gate = Gate::new(
+        GateSettings {
+            probe_jobs: 0,
+            ..GateSettings::default()
+        },
+        0,
+    );
+    Controller::new(ControllerSettings::default(), ceiling, gate, script.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_sample_sizes_the_gate_before_any_tick() {
+    let script = Script::default();
+    script.set(100, 0, 0);
+    let controller = controller(&script);
+
+    let state = controller.subscribe().borrow().clone();
+    assert_eq!(state.gate.capacity, 850 * MIB);
+    assert_eq!(state.unreserved, 100 * MIB);
+    assert_eq!(state.last_adjustment.unwrap().reason, "initial");
+}
+
+#[tokio::test(start_paused = true)]
+async fn above_the_high_watermark_the_allocator_purges_before_capacity_is_cut() {
+    let script = Script::default();
+    script.set(100, 0, 0);
+    let mut controller = controller(&script);
+    let gate = controller.gate().clone();
+    let _job = gate.reserve("jpeg", 800 * MIB).await.unwrap();
+
+    // Freed pages alone push the working set over: a purge is enough.
+    script.set(100, 800, 80);
+    let state = controller.tick(Instant::now());
+    assert_eq!(script.purges(), 1);
+    assert_eq!(state.working_set, 900 * MIB);
+    assert!(!state.pressure);
+    assert_eq!(state.gate.capacity, 850 * MIB);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pressure_cuts_capacity_below_what_is_reserved_and_is_released_below_the_low_watermark() {
+    let script = Script::default();
+    script.set(100, 0, 0);
+    let mut controller = controller(&script);
+    let gate = controller.gate().clone();
+    let job = gate.reserve("jpeg", 800 * MIB).await.unwrap();
+
+    // The job uses 100 MiB more than it reserved: the working set is
+    // 50 MiB above the high watermark.
+    script.set(100, 900, 0);
+    let state = controller.tick(Instant::now());
+    assert!(state.pressure);
+    assert_eq!(state.gate.capacity, 750 * MIB);
+    assert_eq!(state.gate.owed, 50 * MIB);
+    assert_eq!(state.last_adjustment.as_ref().unwrap().reason, "pressure");
+
+    // Between the watermarks: pressure holds, capacity does not grow.
+    script.set(100, 800, 0);
+    let state = controller.tick(Instant::now() + Duration::from_millis(50));
+    assert!(state.pressure);
+    assert!(state.gate.capacity <= 750 * MIB);
+
+    drop(job);
+    script.set(100, 0, 0);
+    let state = controller.tick(Instant::now() + Duration::from_millis(100));
+    assert!(!state.pressure);
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_grows_back_a_step_per_tick_while_jobs_wait() {
+    let script = Script::default();
+    script.set(600, 0, 0);
+    let mut controller = controller(&script);
+    let gate = controller.gate().clone();
+    assert_eq!(gate.state().capacity, 350 * MIB);
+    let _running = gate.reserve("jpeg", 300 * MIB).await.unwrap();
+
+    // A surge from outside ends; a job waits for more than is free.
+    script.set(100, 300, 0);
+    let waiter = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.reserve("jpeg", 200 * MIB).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(gate.state().binding(), Binding::Memory);
+
+    let mut capacities = Vec::new();
+    for i in 1..=4 {
+        let state = controller.tick(Instant::now() + Duration::from_secs(i));
+        capacities.push(state.gate.capacity / MIB);
+    }
+    // Each step is at most 5% of the ceiling.
+    assert!(
+        capacities.windows(2).all(|w| w[1] - w[0] <= 50),
+        "{capacities:?}"
+    );
+    assert!(capacities[3] > 350);
+
+    while !waiter.is_finished() {
+        controller.tick(Instant::now() + Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    waiter.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_published_state_names_every_figure() {
+    let script = Script::default();
+    script.set(100, 0, 0);
+    let mut controller = controller(&script);
+    let state = controller.tick(Instant::now());
+
+    let json = serde_json::to_value(&state).unwrap();
+    for key in [
+        "tick",
+        "ceiling",
+        "high_watermark",
+        "low_watermark",
+        "working_set",
+        "signal",
+        "sample",
+        "unreserved",
+        "bound",
+        "gate",
+        "binding",
+        "pressure",
+        "purges",
+        "last_adjustment",
+        "costs",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key}: {json}");
+    }
+    for key in [
+        "capacity",
+        "reserved",
+        "owed",
+        "in_flight",
+        "running",
+        "running_limit",
+        "queued",
+    ] {
+        assert!(json["gate"].get(key).is_some(), "missing gate.{key}");
+    }
+    assert_eq!(json["ceiling"]["bytes"], 1000 * MIB);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_controller_task_ticks_until_shutdown() {
+    let script = Script::default();
+    script.set(100, 0, 0);
+    let controller = controller(&script);
+    let states = controller.subscribe();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller.run(async {
+        let _ = stopped.await;
+    }));
+
+    tokio::time::sleep(Duration::from_millis(1025)).await;
+    let ticks = states.borrow().tick;
+    assert!(
+        (20..=21).contains(&ticks),
+        "{ticks} ticks in about a second"
+    );
+
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
