@@ -191,7 +191,7 @@ impl SystemMemory {
     /// kernel most of a reading.
     fn read_cgroup(&mut self) -> Option<CgroupStats> {
         let cgroup = self.cgroup.as_mut()?;
-        let full = self.samples % FULL_CGROUP_READ_EVERY == 0;
+        let full = self.samples.is_multiple_of(FULL_CGROUP_READ_EVERY);
         let result = match (&self.last_cgroup, full) {
             (Some(last), false) => cgroup.read_usage().map(|usage| CgroupStats {
                 usage,
