@@ -9,9 +9,17 @@
 //! - [`controller`]: the control law that sizes the gate from memory
 //!   samples, learns what jobs really cost, and sizes the running limit
 //!   from service times.
+//!
+//! Beside them, [`config`] loads the configuration and [`telemetry`] sets
+//! up the logs; the binary only wires these together.
 
 pub mod config;
 pub mod controller;
 pub mod gate;
 pub mod memory;
 pub mod telemetry;
+
+/// The README's Rust examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
