@@ -95,13 +95,6 @@ impl MemorySample {
             process_rss: None,
         }
     }
-
-    /// Bytes that jemalloc holds resident but has not handed out: freed
-    /// pages kept for reuse. A new job can grow into them without raising
-    /// the working set, and a purge gives them back to the OS.
-    pub fn reusable(&self) -> u64 {
-        self.jemalloc.as_ref().map_or(0, JemallocStats::dirty)
-    }
 }
 
 /// Where the controller gets its readings from.
