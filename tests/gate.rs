@@ -189,6 +189,8 @@ async fn full_queue_refuses_with_queue_full_and_a_retry_delay() {
     let refused = gate.reserve("synthetic", 10 * MIB).await.unwrap_err();
     assert_eq!(refused.reason, RefusalReason::QueueFull);
     assert!(refused.retry_after.unwrap() >= Duration::from_secs(1));
+    assert_eq!(gate.state().refused.queue_full, 1);
+    assert_eq!(gate.state().admitted, 1);
 }
 
 #[tokio::test(start_paused = true)]

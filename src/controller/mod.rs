@@ -9,6 +9,7 @@
 //! The controller is driven by [`Controller::tick`] with the time passed in,
 //! so tests run it under tokio's paused clock with scripted memory.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -167,6 +168,9 @@ pub struct AdmissionState {
     pub purges: u64,
     /// The last change to a limit, on this tick or before.
     pub last_adjustment: Option<Adjustment>,
+    /// Every change to a limit since the start, counted by limit and
+    /// reason (`capacity/pressure`, `running_limit/latency_gradient`, ...).
+    pub adjustments: BTreeMap<String, u64>,
     /// The learned cost corrections per job class.
     pub costs: Vec<ClassCost>,
 }
@@ -184,6 +188,7 @@ pub struct Controller<S> {
     purges: u64,
     binding: Binding,
     last_adjustment: Option<Adjustment>,
+    adjustments: BTreeMap<String, u64>,
     state: watch::Sender<AdmissionState>,
 }
 
@@ -221,6 +226,7 @@ impl<S: MemorySource> Controller<S> {
             pressure: false,
             purges: 0,
             last_adjustment: None,
+            adjustments: BTreeMap::new(),
             costs: Vec::new(),
         };
 
@@ -235,6 +241,7 @@ impl<S: MemorySource> Controller<S> {
             purges: 0,
             binding: Binding::None,
             last_adjustment: None,
+            adjustments: BTreeMap::new(),
             state: watch::Sender::new(placeholder),
         };
         controller.decide(now, first);
@@ -325,7 +332,7 @@ impl<S: MemorySource> Controller<S> {
             unreserved = decision.unreserved,
             "capacity adjusted"
         );
-        self.last_adjustment = Some(Adjustment {
+        self.record(Adjustment {
             tick: self.tick,
             limit: "capacity",
             from: before.capacity,
@@ -348,13 +355,19 @@ impl<S: MemorySource> Controller<S> {
             running = before.running,
             "running limit adjusted"
         );
-        self.last_adjustment = Some(Adjustment {
+        self.record(Adjustment {
             tick: self.tick,
             limit: "running_limit",
             from: before.running_limit as u64,
             to: limit as u64,
             reason: "latency_gradient",
         });
+    }
+
+    fn record(&mut self, adjustment: Adjustment) {
+        let key = format!("{}/{}", adjustment.limit, adjustment.reason);
+        *self.adjustments.entry(key).or_default() += 1;
+        self.last_adjustment = Some(adjustment);
     }
 
     fn report_transition(&self, decision: &Decision, sample: &MemorySample) {
@@ -400,6 +413,7 @@ impl<S: MemorySource> Controller<S> {
             pressure: self.law.pressure(),
             purges: self.purges,
             last_adjustment: self.last_adjustment.clone(),
+            adjustments: self.adjustments.clone(),
             costs: self.gate.costs(),
         };
         self.state.send_replace(state.clone());

@@ -188,6 +188,23 @@ pub struct GateState {
     pub waiting_running: usize,
     /// Whether [`Gate::close`] was called.
     pub draining: bool,
+    /// Reservations granted since the gate was built.
+    pub admitted: u64,
+    /// Refusals since the gate was built, by reason.
+    pub refused: Refusals,
+}
+
+/// Refusals counted by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Refusals {
+    /// `queue_full` refusals.
+    pub queue_full: u64,
+    /// `wait_timed_out` refusals.
+    pub wait_timed_out: u64,
+    /// `too_large` refusals.
+    pub too_large: u64,
+    /// `draining` refusals.
+    pub draining: u64,
 }
 
 impl GateState {
@@ -232,6 +249,8 @@ struct Inner {
     running: Pool,
     max_reservation: AtomicU64,
     in_flight: AtomicUsize,
+    admitted: AtomicU64,
+    refused: [AtomicU64; 4],
     queued: AtomicUsize,
     waiting_memory: AtomicUsize,
     waiting_running: AtomicUsize,
@@ -272,6 +291,8 @@ impl Gate {
             running: Pool::new(settings.max_running as u64),
             max_reservation: AtomicU64::new(capacity),
             in_flight: AtomicUsize::new(0),
+            admitted: AtomicU64::new(0),
+            refused: Default::default(),
             queued: AtomicUsize::new(0),
             waiting_memory: AtomicUsize::new(0),
             waiting_running: AtomicUsize::new(0),
@@ -383,6 +404,13 @@ impl Gate {
             waiting_memory: inner.waiting_memory.load(Ordering::Acquire),
             waiting_running: inner.waiting_running.load(Ordering::Acquire),
             draining: inner.draining.load(Ordering::Acquire),
+            admitted: inner.admitted.load(Ordering::Relaxed),
+            refused: Refusals {
+                queue_full: inner.refused[0].load(Ordering::Relaxed),
+                wait_timed_out: inner.refused[1].load(Ordering::Relaxed),
+                too_large: inner.refused[2].load(Ordering::Relaxed),
+                draining: inner.refused[3].load(Ordering::Relaxed),
+            },
         }
     }
 
@@ -493,6 +521,7 @@ impl Inner {
     }
 
     fn refusal(&self, reason: RefusalReason) -> Refusal {
+        self.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
         let retry_after = match reason {
             RefusalReason::TooLarge { .. } => None,
             RefusalReason::Draining => Some(MIN_RETRY_AFTER),

@@ -37,6 +37,16 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    /// The reason's place in the gate's counters.
+    pub(super) fn index(&self) -> usize {
+        match self {
+            Self::QueueFull => 0,
+            Self::WaitTimedOut => 1,
+            Self::TooLarge { .. } => 2,
+            Self::Draining => 3,
+        }
+    }
+
     /// The reason's name as logs, metrics and responses spell it.
     pub fn as_str(&self) -> &'static str {
         match self {

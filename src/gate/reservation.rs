@@ -39,6 +39,7 @@ impl Reservation {
         probe: Option<OwnedSemaphorePermit>,
     ) -> Self {
         gate.in_flight.fetch_add(1, Ordering::AcqRel);
+        gate.admitted.fetch_add(1, Ordering::Relaxed);
         Self {
             gate,
             class: class.to_owned(),
