@@ -496,3 +496,52 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upload_reserved_by_bytes_takes_its_class_once_known() {
+    let probing = GateSettings {
+        probe_jobs: 1,
+        ..GateSettings::default()
+    };
+    let gate = Gate::new(probing, 1000 * MIB);
+
+    // Uploads are not probed: many may be read at once.
+    let mut first = gate.reserve_bytes(5 * MIB).await.unwrap();
+    let mut second = gate.reserve_bytes(5 * MIB).await.unwrap();
+    assert_eq!(gate.state().reserved, 10 * MIB);
+
+    // Once the header is read, the class is probed and corrected.
+    first.grow_as("jpeg", 90 * MIB).await.unwrap();
+    assert_eq!(first.bytes(), 90 * MIB);
+    let waiting = tokio::time::timeout(Duration::from_millis(5), second.grow_as("jpeg", 90 * MIB));
+    assert!(waiting.await.is_err(), "one probe job at a time");
+
+    first.run().await.unwrap();
+    first.record_peak(180 * MIB);
+    drop(first);
+    second.grow_as("jpeg", 90 * MIB).await.unwrap();
+    assert_eq!(
+        second.bytes(),
+        180 * MIB,
+        "corrected by the first job's peak"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_job_keeps_its_result_memory_but_not_its_run_slot() {
+    let gate = gate(1000);
+    let mut job = gate.admit("webp", 100 * MIB).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    job.finish();
+    job.shrink_to(MIB);
+    let state = gate.state();
+    assert_eq!((state.running, state.reserved), (0, MIB));
+    assert_eq!(gate.average_service_time(), Some(Duration::from_secs(2)));
+
+    // Holding the result longer is not service time.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    drop(job);
+    assert_eq!(gate.average_service_time(), Some(Duration::from_secs(2)));
+    settled(&gate, 1000);
+}

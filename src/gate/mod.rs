@@ -343,6 +343,30 @@ impl Gate {
         ))
     }
 
+    /// Reserves `bytes` exactly, for a job that does not know its class
+    /// yet: an upload whose body must be read before its format is known.
+    /// No correction applies and no probe is taken; the job names its class
+    /// later with [`Reservation::grow_as`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Gate::reserve`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Gate::reserve`].
+    pub async fn reserve_bytes(&self, bytes: u64) -> Result<Reservation, Refusal> {
+        let units = self.inner.units_within_limit(bytes)?;
+        self.inner.wait(Need::Memory, units).await?;
+        Ok(Reservation::new(
+            Arc::clone(&self.inner),
+            "",
+            bytes,
+            u64::from(units),
+            None,
+        ))
+    }
+
     /// Reserves memory and a run slot: [`Gate::reserve`] then
     /// [`Reservation::run`], for jobs that start working at once.
     ///

@@ -100,6 +100,31 @@ impl Reservation {
         Ok(())
     }
 
+    /// Names the job's class, then grows as [`Reservation::grow`] does:
+    /// for a reservation made with
+    /// [`Gate::reserve_bytes`](super::Gate::reserve_bytes) once the job
+    /// knows what it is. A class still probed is waited for as in
+    /// [`Gate::reserve`](super::Gate::reserve).
+    ///
+    /// # Errors
+    ///
+    /// As [`Gate::reserve`](super::Gate::reserve). The reservation keeps
+    /// what it held before the call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the reservation as it was, apart from
+    /// its class.
+    pub async fn grow_as(&mut self, class: &str, estimate: u64) -> Result<(), Refusal> {
+        if self.class != class {
+            self.class = class.to_owned();
+            self._probe = self.gate.probe(class).await?;
+        }
+        self.grow(estimate).await?;
+        self.estimate = estimate;
+        Ok(())
+    }
+
     /// Gives back all but `bytes` of what is held, for a job that has
     /// released a buffer. Holding less than `bytes` already changes nothing.
     pub fn shrink_to(&mut self, bytes: u64) {
@@ -129,6 +154,39 @@ impl Reservation {
         Ok(())
     }
 
+    /// Ends the job's run but keeps its memory: the run slot is returned and
+    /// the job's service time and peak are reported, as when it is dropped,
+    /// while the memory stays held, for a result kept after the work (shrink
+    /// it to the result's size with [`Reservation::shrink_to`]). Does
+    /// nothing for a reservation that is not running.
+    pub fn finish(&mut self) {
+        let Some(started) = self.run_started.take() else {
+            return;
+        };
+        self.gate.running.release(1);
+        self.report(started);
+    }
+
+    /// Reports a run that ended to the gate's cost model and completions.
+    fn report(&mut self, started: Instant) {
+        // A job that never named its class teaches nothing.
+        if self.class.is_empty() {
+            return;
+        }
+        let gate = &self.gate;
+        if let Some(peak) = self.peak {
+            gate.costs.observe(&self.class, self.estimate, peak);
+        }
+        gate.costs.ended(&self.class);
+        gate.complete(Completion {
+            class: self.class.clone(),
+            service_time: started.elapsed(),
+            estimate: self.estimate,
+            reserved: self.units * UNIT_BYTES,
+            peak: self.peak,
+        });
+    }
+
     /// Records the job's measured peak memory, in bytes. When the
     /// reservation ends, the peak is compared with the estimate to correct
     /// later estimates of the class.
@@ -144,24 +202,8 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let gate = &self.gate;
-        gate.memory.release(self.units);
-
-        if let Some(started) = self.run_started {
-            gate.running.release(1);
-            if let Some(peak) = self.peak {
-                gate.costs.observe(&self.class, self.estimate, peak);
-            }
-            gate.costs.ended(&self.class);
-            gate.complete(Completion {
-                class: std::mem::take(&mut self.class),
-                service_time: started.elapsed(),
-                estimate: self.estimate,
-                reserved: self.units * UNIT_BYTES,
-                peak: self.peak,
-            });
-        }
-
-        gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.gate.memory.release(self.units);
+        self.finish();
+        self.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
