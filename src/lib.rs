@@ -16,7 +16,10 @@
 pub mod config;
 pub mod controller;
 pub mod gate;
+pub mod jobs;
 pub mod memory;
+pub mod server;
+mod size;
 pub mod telemetry;
 
 /// The README's Rust examples, compiled as doc tests.

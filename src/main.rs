@@ -1,14 +1,19 @@
 //! memgate's binary: reads the configuration, finds the memory signals,
-//! and runs the controller until SIGTERM or SIGINT.
+//! starts the controller and serves HTTP until SIGTERM or SIGINT, then
+//! drains.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use memgate::config::{CONFIG_ENV, Config};
 use memgate::controller::Controller;
 use memgate::gate::Gate;
 use memgate::memory::{Ceiling, SystemMemory, jemalloc};
+use memgate::server::{self, App};
+use memgate::telemetry::metrics::Metrics;
+use tokio::net::TcpListener;
 
 #[cfg(target_os = "linux")]
 #[global_allocator]
@@ -20,7 +25,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// (`muzzy_decay_ms:0`). Decay needs a thread to run it while the process
 /// is idle: `main` enables jemalloc's background thread.
 #[cfg(target_os = "linux")]
-#[unsafe(export_name = "_rjem_malloc_conf")]
+#[unsafe(export_name = "malloc_conf")]
 pub static MALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// Exit code for a configuration that cannot be used (EX_USAGE).
@@ -54,7 +59,7 @@ fn main() -> ExitCode {
         return print_config(&config);
     }
     if let Err(e) = memgate::telemetry::init(&config.log) {
-        return config_error(&e);
+        return config_error(&e.to_string());
     }
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -67,7 +72,8 @@ fn main() -> ExitCode {
     runtime.block_on(serve(config))
 }
 
-/// Finds the memory signals, sizes the gate and runs the controller.
+/// Finds the memory signals, sizes the gate, starts the controller and
+/// serves until a signal, then drains.
 async fn serve(config: Config) -> ExitCode {
     tune_allocator();
 
@@ -86,6 +92,15 @@ async fn serve(config: Config) -> ExitCode {
         "ceiling chosen"
     );
 
+    let address = config.server.socket_addr();
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(%address, error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+
     let gate = Gate::new(config.gate.clone(), 0);
     let controller = Controller::new(config.controller.clone(), ceiling, gate.clone(), memory);
     let state = controller.subscribe();
@@ -95,13 +110,30 @@ async fn serve(config: Config) -> ExitCode {
         tick_ms = config.controller.tick_ms,
         "controller started"
     );
+    let (stop_controller, stopped) = tokio::sync::oneshot::channel::<()>();
+    let control = tokio::spawn(controller.run(async {
+        let _ = stopped.await;
+    }));
 
-    // TODO: the HTTP server that admits jobs through the gate is not built
-    // yet; until it is, the binary runs the controller alone.
-    controller.run(shutdown_signal()).await;
-    gate.close();
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
+    let app = App::new(config.server.clone(), gate, state, Arc::new(Metrics::new()));
+    tracing::info!(
+        address = %listener.local_addr().unwrap_or(address),
+        "listening"
+    );
+    let served = server::serve(listener, app, shutdown_signal()).await;
+
+    let _ = stop_controller.send(());
+    let _ = control.await;
+    match served {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Completes on SIGTERM (Cloud Run, Kubernetes) or SIGINT (a terminal).

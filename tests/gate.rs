@@ -316,6 +316,59 @@ async fn run_slots_bound_running_jobs() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_accepted_job_waits_for_its_run_slot_past_the_queue_bounds() {
+    let settings = GateSettings {
+        max_queue: 1,
+        max_wait_ms: 100,
+        min_running: 1,
+        max_running: 1,
+        ..settings()
+    };
+    let gate = Gate::new(settings, 1000 * MIB);
+    let running = gate.admit("synthetic", MIB).await.unwrap();
+    let _queued = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.admit("synthetic", MIB).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    // The queue is full and the wait is longer than max_wait: an accepted
+    // job still waits, and is counted as queued.
+    let mut accepted = gate.reserve("synthetic", MIB).await.unwrap();
+    let waiting = tokio::spawn(async move { accepted.run_accepted().await.map(|()| accepted) });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(gate.state().queued, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "an accepted job is not timed out");
+
+    drop(running);
+    let accepted = waiting.await.unwrap().unwrap();
+    assert!(accepted.is_running());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_accepted_job_waiting_for_its_run_slot_is_refused_by_draining() {
+    let settings = GateSettings {
+        max_running: 1,
+        ..settings()
+    };
+    let gate = Gate::new(settings, 1000 * MIB);
+    let _running = gate.admit("synthetic", MIB).await.unwrap();
+    let mut accepted = gate.reserve("synthetic", MIB).await.unwrap();
+    let waiting = tokio::spawn(async move { accepted.run_accepted().await });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    gate.close();
+    let refusal = waiting.await.unwrap().unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::Draining);
+    assert_eq!(
+        gate.state().reserved,
+        MIB,
+        "only the running job holds memory"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn running_limit_lowered_below_running_jobs_is_paid_back() {
     let gate = gate(1000);
     let jobs: Vec<_> = futures_join(&gate, 4).await;

@@ -266,6 +266,16 @@ struct Service {
     completions: Vec<Completion>,
 }
 
+/// Whether a wait is bounded by the queue's settings.
+#[derive(Clone, Copy, Debug)]
+enum Patience {
+    /// At most `gate.max_queue` waiters, each at most `gate.max_wait_ms`.
+    Bounded,
+    /// A job the service has accepted (answered 202 for): it waits as long
+    /// as it takes, refused only by draining.
+    Accepted,
+}
+
 /// Which pool a wait is for; they count their waiters apart.
 #[derive(Clone, Copy, Debug)]
 enum Need {
@@ -332,7 +342,9 @@ impl Gate {
         let probe = self.inner.probe(class).await?;
         let bytes = self.inner.costs.correct(class, estimate);
         let units = self.inner.units_within_limit(bytes)?;
-        self.inner.wait(Need::Memory, units).await?;
+        self.inner
+            .wait(Need::Memory, units, Patience::Bounded)
+            .await?;
 
         Ok(Reservation::new(
             Arc::clone(&self.inner),
@@ -357,7 +369,9 @@ impl Gate {
     /// As [`Gate::reserve`].
     pub async fn reserve_bytes(&self, bytes: u64) -> Result<Reservation, Refusal> {
         let units = self.inner.units_within_limit(bytes)?;
-        self.inner.wait(Need::Memory, units).await?;
+        self.inner
+            .wait(Need::Memory, units, Patience::Bounded)
+            .await?;
         Ok(Reservation::new(
             Arc::clone(&self.inner),
             "",
@@ -474,8 +488,9 @@ impl Inner {
     }
 
     /// Takes `units` from the pool for `need`: at once when free, else in
-    /// the bounded queue.
-    async fn wait(&self, need: Need, units: u32) -> Result<(), Refusal> {
+    /// the queue, bounded in length and time unless `patience` says the
+    /// job was accepted already.
+    async fn wait(&self, need: Need, units: u32, patience: Patience) -> Result<(), Refusal> {
         if self.draining.load(Ordering::Acquire) {
             return Err(self.refusal(RefusalReason::Draining));
         }
@@ -487,8 +502,16 @@ impl Inner {
             Err(PoolError::Busy) => {}
         }
 
-        let _place = self.enter_queue(waiting)?;
-        let waited = tokio::time::timeout(self.settings.max_wait(), pool.acquire(units)).await;
+        let waited = match patience {
+            Patience::Bounded => {
+                let _place = self.enter_queue(waiting)?;
+                tokio::time::timeout(self.settings.max_wait(), pool.acquire(units)).await
+            }
+            Patience::Accepted => {
+                let _place = self.join_queue(waiting);
+                Ok(pool.acquire(units).await)
+            }
+        };
         match waited {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(self.refusal(RefusalReason::Draining)),
@@ -542,6 +565,18 @@ impl Inner {
             queued: &self.queued,
             waiting,
         })
+    }
+
+    /// Takes a place in the queue even when it is full, for a job that was
+    /// accepted already: it is counted, so that the queue's length tells
+    /// newcomers how much work is ahead of them, but never turned away.
+    fn join_queue<'a>(&'a self, waiting: &'a AtomicUsize) -> QueuePlace<'a> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        waiting.fetch_add(1, Ordering::AcqRel);
+        QueuePlace {
+            queued: &self.queued,
+            waiting,
+        }
     }
 
     fn refusal(&self, reason: RefusalReason) -> Refusal {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::{Completion, Inner, Need, Refusal, UNIT_BYTES};
+use super::{Completion, Inner, Need, Patience, Refusal, UNIT_BYTES};
 
 /// Memory held by one job, and a run slot once [`Reservation::run`] has
 /// returned. Dropping it returns both, on every path: success, error,
@@ -93,7 +93,9 @@ impl Reservation {
         if extra > 0 {
             // `extra` is at most `units`, which fits in a u32.
             let extra32 = u32::try_from(extra).expect("extra units fit in u32");
-            self.gate.wait(Need::Memory, extra32).await?;
+            self.gate
+                .wait(Need::Memory, extra32, Patience::Bounded)
+                .await?;
             self.units += extra;
         }
         self.estimate = self.estimate.max(estimate);
@@ -147,8 +149,29 @@ impl Reservation {
     ///
     /// Dropping the future takes no slot.
     pub async fn run(&mut self) -> Result<(), Refusal> {
+        self.run_with(Patience::Bounded).await
+    }
+
+    /// Takes a run slot as [`Reservation::run`] does, but waits as long as
+    /// it takes, even past `gate.max_queue` waiters: for a job the service
+    /// has accepted already (an asynchronous job answered 202), whose
+    /// memory is held and which must not be dropped for a long queue. It
+    /// counts as queued while it waits.
+    ///
+    /// # Errors
+    ///
+    /// `draining` only.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future takes no slot.
+    pub async fn run_accepted(&mut self) -> Result<(), Refusal> {
+        self.run_with(Patience::Accepted).await
+    }
+
+    async fn run_with(&mut self, patience: Patience) -> Result<(), Refusal> {
         if self.run_started.is_none() {
-            self.gate.wait(Need::RunSlot, 1).await?;
+            self.gate.wait(Need::RunSlot, 1, patience).await?;
             self.run_started = Some(Instant::now());
         }
         Ok(())

@@ -34,7 +34,7 @@ pub struct CeilingSettings {
     /// container limit (or `fallback_limit` when none is detected).
     /// Default: unset.
     #[serde(
-        serialize_with = "exact_bytes::serialize_option",
+        serialize_with = "crate::size::serialize_option",
         skip_serializing_if = "Option::is_none"
     )]
     pub ceiling: Option<ByteSize>,
@@ -48,7 +48,7 @@ pub struct CeilingSettings {
     /// The limit assumed when no container limit is detected, such as
     /// `"2GiB"`; `ceiling_ratio` then applies to it. Set it to the memory
     /// the service may really use. Must be above zero. Default: 2 GiB.
-    #[serde(serialize_with = "exact_bytes::serialize")]
+    #[serde(serialize_with = "crate::size::serialize")]
     pub fallback_limit: ByteSize,
 }
 
@@ -179,8 +179,15 @@ impl Ceiling {
 }
 
 impl CeilingSettings {
-    /// Checks each setting on its own, before any is used.
-    fn validate(&self) -> Result<(), CeilingError> {
+    /// Checks each setting on its own, before any is used. Whether an
+    /// absolute ceiling fits under the limit is known only once the limit
+    /// is detected, in [`Ceiling::resolve`].
+    ///
+    /// # Errors
+    ///
+    /// A [`CeilingError`] naming the key: a ratio outside (0, 1] or not a
+    /// number, a zero fallback limit, a zero absolute ceiling.
+    pub fn validate(&self) -> Result<(), CeilingError> {
         // Written so that NaN fails too: every comparison with it is false.
         let ratio = self.ceiling_ratio;
         if !(ratio > 0.0 && ratio <= 1.0) {
@@ -264,27 +271,6 @@ impl fmt::Display for LimitKind {
             Self::ContainerLimit => "container limit",
             Self::FallbackLimit => "memory.fallback_limit",
         })
-    }
-}
-
-/// Writes sizes as exact byte counts. `ByteSize` alone writes a rounded
-/// text such as "1.8 GiB", which reads back as a different size.
-mod exact_bytes {
-    use bytesize::ByteSize;
-    use serde::Serializer;
-
-    pub(super) fn serialize<S: Serializer>(size: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(size.as_u64())
-    }
-
-    pub(super) fn serialize_option<S: Serializer>(
-        size: &Option<ByteSize>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match size {
-            Some(size) => serialize(size, s),
-            None => s.serialize_none(),
-        }
     }
 }
 

@@ -1,0 +1,617 @@
+//! Image transcoding: decode, orient, resize, encode.
+//!
+//! A request goes through three steps. [`probe`] reads the image's header
+//! (format, dimensions, pixel layout) without decoding pixels, cheaply
+//! enough to run on the async runtime. [`estimate`] turns that into the
+//! memory the job will need, so that the gate can reserve it before any
+//! pixel is decoded. [`transcode`] does the work on a blocking thread,
+//! within the memory it was given.
+//!
+//! Decoding uses the `image` crate without rayon, so that a job keeps to
+//! about one core and the gate's running limit means what it says;
+//! resizing uses `fast_image_resize` (Lanczos3); lossy WebP is encoded by
+//! libwebp, whose allocations jemalloc serves as well.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image as ResizeImage;
+use fast_image_resize::{FilterType, IntoImageView, MulDiv, ResizeAlg, ResizeOptions, Resizer};
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::PngEncoder;
+use image::metadata::Orientation;
+use image::{ColorType, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
+
+use super::query::Query;
+use super::{Cancel, JobError, ParamError};
+
+/// Largest width or height a client may ask for, in pixels.
+const MAX_SIDE: u32 = 16_384;
+
+/// Largest width or height libwebp can write, in pixels.
+const WEBP_MAX_SIDE: u32 = 16_383;
+
+/// Quality of lossy output when the request names none.
+const DEFAULT_QUALITY: u8 = 80;
+
+/// The image formats memgate reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// JPEG, baseline or progressive.
+    Jpeg,
+    /// PNG, 8 or 16 bits per sample, any colour type.
+    Png,
+    /// WebP, lossy or lossless; the first frame of an animation.
+    WebP,
+    /// GIF; the first frame of an animation.
+    Gif,
+}
+
+impl InputFormat {
+    fn from_image(format: ImageFormat) -> Option<Self> {
+        match format {
+            ImageFormat::Jpeg => Some(Self::Jpeg),
+            ImageFormat::Png => Some(Self::Png),
+            ImageFormat::WebP => Some(Self::WebP),
+            ImageFormat::Gif => Some(Self::Gif),
+            _ => None,
+        }
+    }
+
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Self::Jpeg => ImageFormat::Jpeg,
+            Self::Png => ImageFormat::Png,
+            Self::WebP => ImageFormat::WebP,
+            Self::Gif => ImageFormat::Gif,
+        }
+    }
+
+    /// The format written when the request names none: the same one where
+    /// memgate can write it, PNG for GIF.
+    fn default_output(self) -> OutputFormat {
+        match self {
+            Self::Jpeg => OutputFormat::Jpeg,
+            Self::Png | Self::Gif => OutputFormat::Png,
+            Self::WebP => OutputFormat::WebP,
+        }
+    }
+}
+
+/// The image formats memgate writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Baseline JPEG; alpha is dropped.
+    Jpeg,
+    /// PNG, keeping the input's bit depth and alpha.
+    Png,
+    /// Lossy WebP, with alpha when the input has it.
+    WebP,
+}
+
+impl OutputFormat {
+    /// The `Content-Type` of images in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Jpeg => "image/jpeg",
+            Self::Png => "image/png",
+            Self::WebP => "image/webp",
+        }
+    }
+}
+
+/// What a transcoding request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TranscodeParams {
+    /// Width of the box the image must fit in. Pixels, 1 to 16384.
+    pub width: Option<u32>,
+    /// Height of the box the image must fit in. Pixels, 1 to 16384.
+    pub height: Option<u32>,
+    /// Whether an image smaller than the box may grow to fill it.
+    pub upscale: bool,
+    /// The output format; `None` keeps the input's where it can be
+    /// written.
+    pub format: Option<OutputFormat>,
+    /// Quality of lossy output, 1 to 100.
+    pub quality: u8,
+}
+
+impl TranscodeParams {
+    /// Reads `width`, `height`, `upscale`, `format` and `quality` from a
+    /// query string.
+    ///
+    /// # Errors
+    ///
+    /// A [`ParamError`] naming a parameter that is unknown, repeated,
+    /// malformed or out of range.
+    pub fn from_query(query: Option<&str>) -> Result<Self, ParamError> {
+        let query = Query::parse(query, &["width", "height", "upscale", "format", "quality"])?;
+        let formats = [
+            ("jpeg", OutputFormat::Jpeg),
+            ("png", OutputFormat::Png),
+            ("webp", OutputFormat::WebP),
+        ];
+        Ok(Self {
+            width: query.number("width", 1..=MAX_SIDE)?,
+            height: query.number("height", 1..=MAX_SIDE)?,
+            upscale: query.flag("upscale")?.unwrap_or(false),
+            format: query.choice("format", &formats)?,
+            quality: query.number("quality", 1..=100)?.unwrap_or(DEFAULT_QUALITY),
+        })
+    }
+
+    fn output_format(&self, input: InputFormat) -> OutputFormat {
+        self.format.unwrap_or_else(|| input.default_output())
+    }
+}
+
+/// What an image's header tells, read without decoding its pixels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The format, read from the bytes.
+    pub format: InputFormat,
+    /// Width as stored, before EXIF orientation. Pixels.
+    pub width: u32,
+    /// Height as stored, before EXIF orientation. Pixels.
+    pub height: u32,
+    /// The decoded pixels' layout.
+    pub color: ColorType,
+    /// Whether a JPEG is progressive: its decoder keeps every coefficient
+    /// of the image until the last scan.
+    pub progressive: bool,
+    /// Size of the encoded image. Bytes.
+    pub input_bytes: u64,
+}
+
+impl ImageInfo {
+    /// Bytes of the decoded pixels.
+    fn decoded_bytes(&self) -> u64 {
+        pixels(self.width, self.height) * u64::from(self.color.bytes_per_pixel())
+    }
+}
+
+/// Reads the format and header of an encoded image. Cheap: no pixel is
+/// decoded and no copy of the image is made.
+///
+/// # Errors
+///
+/// [`JobError::Unsupported`] for anything but JPEG, PNG, WebP and GIF,
+/// [`JobError::Corrupt`] for a header that cannot be read.
+pub fn probe(data: &[u8]) -> Result<ImageInfo, JobError> {
+    let format = image::guess_format(data)
+        .ok()
+        .and_then(InputFormat::from_image)
+        .ok_or_else(|| JobError::Unsupported("not a JPEG, PNG, WebP or GIF image".to_owned()))?;
+
+    // The JPEG decoder copies its whole input: give it only the headers.
+    let (header, progressive) = match format {
+        InputFormat::Jpeg => {
+            let headers = jpeg_headers(data);
+            (&data[..headers.end], headers.progressive)
+        }
+        _ => (data, false),
+    };
+    let reader = ImageReader::with_format(Cursor::new(header), format.image_format());
+    let decoder = reader.into_decoder().map_err(job_error)?;
+    let (width, height) = decoder.dimensions();
+    Ok(ImageInfo {
+        format,
+        width,
+        height,
+        color: decoder.color_type(),
+        progressive,
+        input_bytes: data.len() as u64,
+    })
+}
+
+/// The class whose costs the gate learns for this job: one per input
+/// format, progressive JPEG apart, as its decoder needs about twice the
+/// memory of a baseline one.
+pub fn class(info: &ImageInfo, _params: &TranscodeParams) -> &'static str {
+    match info.format {
+        InputFormat::Jpeg if info.progressive => "jpeg_progressive",
+        InputFormat::Jpeg => "jpeg",
+        InputFormat::Png => "png",
+        InputFormat::WebP => "webp",
+        InputFormat::Gif => "gif",
+    }
+}
+
+/// The memory a transcoding job needs, in bytes: its encoded input, and
+/// the most its work holds at once.
+///
+/// The work's stages do not overlap in memory: the decoder's own buffers
+/// are freed before resizing starts, and the full-size image before
+/// encoding. The estimate is the largest stage, each stage written as what
+/// it allocates; the constants were measured with jemalloc's per-thread
+/// peak on generated images of every format (see the README).
+///
+/// # Errors
+///
+/// [`JobError::Params`] when the output asked for cannot be written: a
+/// WebP larger than 16383 pixels on a side.
+pub fn estimate(info: &ImageInfo, params: &TranscodeParams) -> Result<u64, JobError> {
+    let plan = Plan::new(info, params, Orientation::NoTransforms)?;
+    let decoded = info.decoded_bytes();
+    let pixel = u64::from(info.color.bytes_per_pixel());
+    let source = pixels(info.width, info.height);
+    let (out_w, out_h) = plan.resize;
+    let output = pixels(out_w, out_h) * pixel;
+
+    // Decoding: the pixels, and what the decoder keeps besides.
+    let decoder = match info.format {
+        // The JPEG decoder copies its input; a progressive one also keeps
+        // every coefficient (two bytes per sample) until the last scan.
+        InputFormat::Jpeg if info.progressive => {
+            info.input_bytes + source * u64::from(info.color.channel_count()) * 2
+        }
+        InputFormat::Jpeg => info.input_bytes,
+        InputFormat::Png => 0,
+        // The GIF decoder keeps a frame of palette indices and the canvas.
+        InputFormat::Gif => source * 5,
+        // The WebP decoder keeps its own frame: colour planes, or ARGB
+        // words for lossless images.
+        InputFormat::WebP => source * 4,
+    };
+    let decode = decoded + decoder;
+
+    // Resizing: the full image, the output, and the intermediate image of
+    // the two-pass convolution (output width by input height).
+    let resize = if plan.resizes(info) {
+        decoded + output + pixels(out_w, info.height) * pixel
+    } else {
+        decoded
+    };
+
+    // Encoding: the output, a converted copy for the encoder, the encoded
+    // bytes and the encoder's own state (libwebp converts to YUV and keeps
+    // a few rows of analysis).
+    let encode = output * 4;
+
+    let work = decode.max(resize).max(encode);
+    Ok(info.input_bytes + work + WORK_OVERHEAD_BYTES)
+}
+
+/// Memory a transcoding job holds whatever its image: the resizer's
+/// tables, the encoders' fixed state, stack buffers.
+const WORK_OVERHEAD_BYTES: u64 = 2 << 20;
+
+/// An encoded image.
+#[derive(Clone, Debug)]
+pub struct Transcoded {
+    /// The encoded bytes.
+    pub data: Vec<u8>,
+    /// Their format.
+    pub format: OutputFormat,
+}
+
+/// Decodes `data`, applies its EXIF orientation, resizes it to fit the
+/// box the parameters give and encodes it, allocating at most about
+/// `max_alloc` bytes for decoding. Checks `cancel` between the stages.
+///
+/// # Errors
+///
+/// As [`probe`], and [`JobError::Corrupt`] for pixels that cannot be
+/// decoded, [`JobError::TooLarge`] when decoding needs more than
+/// `max_alloc`, [`JobError::Cancelled`], [`JobError::Encode`].
+pub fn transcode(
+    data: &[u8],
+    params: &TranscodeParams,
+    max_alloc: u64,
+    cancel: &Cancel,
+) -> Result<Transcoded, JobError> {
+    let info = probe(data)?;
+    let (image, orientation) = decode(data, &info, max_alloc)?;
+    cancel.check()?;
+
+    let plan = Plan::new(&info, params, orientation)?;
+    let mut image = resize(image, plan.resize)?;
+    cancel.check()?;
+
+    // Orienting the small image is cheaper than orienting the large one.
+    image.apply_orientation(orientation);
+    let format = params.output_format(info.format);
+    let data = encode(image, format, params.quality)?;
+    cancel.check()?;
+    Ok(Transcoded { data, format })
+}
+
+/// Where the output's size comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    /// The size to resize to, in the stored image's axes (before
+    /// orientation).
+    resize: (u32, u32),
+}
+
+impl Plan {
+    fn new(
+        info: &ImageInfo,
+        params: &TranscodeParams,
+        orientation: Orientation,
+    ) -> Result<Self, JobError> {
+        // The box applies to the image as displayed, after orientation.
+        let swaps = swaps_axes(orientation);
+        let (width, height) = if swaps {
+            (info.height, info.width)
+        } else {
+            (info.width, info.height)
+        };
+        let (out_w, out_h) = fit((width, height), params);
+
+        if params.output_format(info.format) == OutputFormat::WebP
+            && out_w.max(out_h) > WEBP_MAX_SIDE
+        {
+            return Err(JobError::Params(ParamError {
+                parameter: "format".to_owned(),
+                problem: format!(
+                    "a WebP image is at most {WEBP_MAX_SIDE} pixels on a side; \
+                     this one would be {out_w}x{out_h}: ask for a smaller width or height"
+                ),
+            }));
+        }
+        let resize = if swaps {
+            (out_h, out_w)
+        } else {
+            (out_w, out_h)
+        };
+        Ok(Self { resize })
+    }
+
+    fn resizes(&self, info: &ImageInfo) -> bool {
+        self.resize != (info.width, info.height)
+    }
+}
+
+/// The size of an image of `size` fitted inside the box of `params`,
+/// keeping its aspect ratio, grown only when `upscale` allows it.
+fn fit((width, height): (u32, u32), params: &TranscodeParams) -> (u32, u32) {
+    let scale_w = params.width.map(|w| f64::from(w) / f64::from(width));
+    let scale_h = params.height.map(|h| f64::from(h) / f64::from(height));
+    let scale = match (scale_w, scale_h) {
+        (Some(w), Some(h)) => w.min(h),
+        (Some(s), None) | (None, Some(s)) => s,
+        (None, None) => 1.0,
+    };
+    let scale = if params.upscale {
+        scale
+    } else {
+        scale.min(1.0)
+    };
+
+    let side = |n: u32| ((f64::from(n) * scale).round() as u32).clamp(1, MAX_SIDE.max(n));
+    (side(width), side(height))
+}
+
+fn swaps_axes(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Decodes the first frame, allocating at most `max_alloc` bytes where
+/// the decoder honours the bound (all four formats' do, for their pixel
+/// buffer).
+fn decode(
+    data: &[u8],
+    info: &ImageInfo,
+    max_alloc: u64,
+) -> Result<(DynamicImage, Orientation), JobError> {
+    let needed = info.decoded_bytes();
+    let too_large = || {
+        JobError::TooLarge(format!(
+            "decoding needs more than the {max_alloc} bytes reserved; the pixels alone are {needed}"
+        ))
+    };
+    if needed > max_alloc {
+        return Err(too_large());
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_alloc);
+
+    let mut reader = ImageReader::with_format(Cursor::new(data), info.format.image_format());
+    reader.limits(limits.clone());
+    let mut decoder = reader.into_decoder().map_err(job_error)?;
+    // A broken EXIF block only loses the orientation, not the image.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+
+    // What the decoder itself may allocate besides the pixels.
+    limits.reserve(decoder.total_bytes()).map_err(job_error)?;
+    decoder.set_limits(limits).map_err(job_error)?;
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        ImageError::Limits(_) => too_large(),
+        other => job_error(other),
+    })?;
+    Ok((image, orientation))
+}
+
+/// Resizes `image` to `(width, height)` with Lanczos3; the input is freed
+/// before the function returns.
+fn resize(mut image: DynamicImage, (width, height): (u32, u32)) -> Result<DynamicImage, JobError> {
+    if (image.width(), image.height()) == (width, height) {
+        return Ok(image);
+    }
+    // Layouts the resizer does not take (32-bit floats, which no decoder
+    // here produces) are converted first.
+    if image.pixel_type().is_none() {
+        image = DynamicImage::ImageRgba8(image.into_rgba8());
+    }
+    let resize_error = |e: &dyn std::error::Error| JobError::Encode(format!("resize: {e}"));
+
+    // Alpha is multiplied into the colours in place: the resizer would
+    // otherwise make a premultiplied copy of the whole input.
+    let mul_div = MulDiv::new();
+    let pixel_type = image
+        .pixel_type()
+        .ok_or_else(|| JobError::Encode("resize: unsupported pixel layout".to_owned()))?;
+    let alpha = mul_div.is_supported(pixel_type);
+    if alpha {
+        mul_div
+            .multiply_alpha_inplace(&mut image)
+            .map_err(|e| resize_error(&e))?;
+    }
+
+    let mut output = ResizeImage::new(width, height, pixel_type);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .use_alpha(false);
+    Resizer::new()
+        .resize(&image, &mut output, &options)
+        .map_err(|e| resize_error(&e))?;
+    drop(image);
+    if alpha {
+        mul_div
+            .divide_alpha_inplace(&mut output)
+            .map_err(|e| resize_error(&e))?;
+    }
+    into_dynamic(output, width, height)
+}
+
+/// Wraps the resizer's output buffer in the `image` type of its layout,
+/// without copying it.
+fn into_dynamic(
+    output: ResizeImage<'static>,
+    width: u32,
+    height: u32,
+) -> Result<DynamicImage, JobError> {
+    use fast_image_resize::PixelType as P;
+    use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
+
+    let pixel_type = output.pixel_type();
+    let bytes = output.into_vec();
+    let wrong_size = || JobError::Encode("resize: output buffer of the wrong size".to_owned());
+    let image =
+        match pixel_type {
+            P::U8 => ImageBuffer::<Luma<u8>, _>::from_raw(width, height, bytes)
+                .map(DynamicImage::ImageLuma8),
+            P::U8x2 => ImageBuffer::<LumaA<u8>, _>::from_raw(width, height, bytes)
+                .map(DynamicImage::ImageLumaA8),
+            P::U8x3 => ImageBuffer::<Rgb<u8>, _>::from_raw(width, height, bytes)
+                .map(DynamicImage::ImageRgb8),
+            P::U8x4 => ImageBuffer::<Rgba<u8>, _>::from_raw(width, height, bytes)
+                .map(DynamicImage::ImageRgba8),
+            P::U16 => ImageBuffer::<Luma<u16>, _>::from_raw(width, height, u16s(&bytes))
+                .map(DynamicImage::ImageLuma16),
+            P::U16x2 => ImageBuffer::<LumaA<u16>, _>::from_raw(width, height, u16s(&bytes))
+                .map(DynamicImage::ImageLumaA16),
+            P::U16x3 => ImageBuffer::<Rgb<u16>, _>::from_raw(width, height, u16s(&bytes))
+                .map(DynamicImage::ImageRgb16),
+            P::U16x4 => ImageBuffer::<Rgba<u16>, _>::from_raw(width, height, u16s(&bytes))
+                .map(DynamicImage::ImageRgba16),
+            _ => None,
+        };
+    image.ok_or_else(wrong_size)
+}
+
+/// Native-endian 16-bit samples of a byte buffer.
+fn u16s(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|pair| u16::from_ne_bytes([pair[0], pair[1]]))
+        .collect()
+}
+
+/// Encodes `image` in `format`.
+fn encode(image: DynamicImage, format: OutputFormat, quality: u8) -> Result<Vec<u8>, JobError> {
+    let encode_error = |e: ImageError| JobError::Encode(e.to_string());
+    let mut out = Vec::new();
+    match format {
+        OutputFormat::Jpeg => {
+            // JPEG has no alpha and no 16-bit samples.
+            let image = if image.color().has_color() {
+                DynamicImage::ImageRgb8(image.into_rgb8())
+            } else {
+                DynamicImage::ImageLuma8(image.into_luma8())
+            };
+            let encoder = JpegEncoder::new_with_quality(&mut out, quality);
+            image.write_with_encoder(encoder).map_err(encode_error)?;
+        }
+        OutputFormat::Png => {
+            image
+                .write_with_encoder(PngEncoder::new(&mut out))
+                .map_err(encode_error)?;
+        }
+        OutputFormat::WebP => out = encode_webp(image, quality)?,
+    }
+    Ok(out)
+}
+
+/// Encodes lossy WebP with libwebp.
+fn encode_webp(image: DynamicImage, quality: u8) -> Result<Vec<u8>, JobError> {
+    let (width, height) = (image.width(), image.height());
+    let encoded = if image.color().has_alpha() {
+        let pixels = image.into_rgba8();
+        webp::Encoder::from_rgba(&pixels, width, height).encode_simple(false, f32::from(quality))
+    } else {
+        let pixels = image.into_rgb8();
+        webp::Encoder::from_rgb(&pixels, width, height).encode_simple(false, f32::from(quality))
+    };
+    encoded
+        .map(|memory| memory.to_vec())
+        .map_err(|e| JobError::Encode(format!("webp: {e:?}")))
+}
+
+/// Where a JPEG's headers end, and whether it is progressive.
+struct JpegHeaders {
+    /// The offset just past the start-of-scan segment's header, or the
+    /// whole input when none is found.
+    end: usize,
+    progressive: bool,
+}
+
+/// Walks a JPEG's marker segments up to its first scan. The decoder
+/// reads only what precedes the scan for the header; handing it that
+/// slice avoids copying the whole image on the async runtime.
+fn jpeg_headers(data: &[u8]) -> JpegHeaders {
+    let mut progressive = false;
+    let mut at = 2; // past SOI
+    while at + 4 <= data.len() {
+        if data[at] != 0xFF {
+            break;
+        }
+        let marker = data[at + 1];
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
+        }
+        let length = usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+        match marker {
+            // Start of frame, progressive (DCT, and its arithmetic-coded
+            // and differential forms).
+            0xC2 | 0xC6 | 0xCA | 0xCE => progressive = true,
+            // Start of scan: the headers are over.
+            0xDA => {
+                return JpegHeaders {
+                    end: (at + 2 + length).min(data.len()),
+                    progressive,
+                };
+            }
+            _ => {}
+        }
+        at += 2 + length;
+    }
+    JpegHeaders {
+        end: data.len(),
+        progressive,
+    }
+}
+
+fn pixels(width: u32, height: u32) -> u64 {
+    u64::from(width) * u64::from(height)
+}
+
+/// Sorts the `image` crate's errors into the job's.
+fn job_error(error: ImageError) -> JobError {
+    match error {
+        ImageError::Unsupported(e) => JobError::Unsupported(e.to_string()),
+        ImageError::Limits(e) => JobError::TooLarge(e.to_string()),
+        ImageError::Encoding(e) => JobError::Encode(e.to_string()),
+        // Truncated input shows as an I/O error of the in-memory reader.
+        ImageError::Decoding(_) | ImageError::Parameter(_) | ImageError::IoError(_) => {
+            JobError::Corrupt(error.to_string())
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Running a job's CPU work on tokio's blocking pool, under the gate.
+//!
+//! The reservation moves into the blocking closure, so it ends only when
+//! the work has really finished: `spawn_blocking` work cannot be aborted,
+//! and memory it still holds must stay counted even after its client has
+//! gone or its deadline has passed. Those only raise the job's cancel
+//! flag, which the pipeline checks between its stages.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::problem::ApiError;
+use crate::gate::Reservation;
+use crate::jobs::{Cancel, JobError, measure_peak};
+use crate::telemetry::metrics::{JobOutcome, Metrics};
+
+/// A job's work: runs on a blocking thread with the job's cancel flag.
+pub trait Work<T>: FnOnce(&Cancel) -> Result<T, JobError> + Send + 'static {}
+
+impl<T, F: FnOnce(&Cancel) -> Result<T, JobError> + Send + 'static> Work<T> for F {}
+
+/// Raises the cancel flag when dropped, unless disarmed: a request future
+/// that hyper drops (its client went away) stops its job at the next
+/// stage.
+struct CancelOnDrop(Option<Cancel>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.cancel();
+        }
+    }
+}
+
+/// How to run a job.
+pub struct JobOptions<'a> {
+    /// Longest the work may take.
+    pub deadline: Duration,
+    /// Whether the job is asynchronous, answered 202 already: it waits for
+    /// its run slot past the queue's bounds (it was accepted), and its
+    /// reservation comes back with the output, to cover the stored result.
+    pub background: bool,
+    /// Where durations and estimate errors are recorded.
+    pub metrics: &'a Metrics,
+    /// Called once the job has its run slot.
+    pub on_start: Box<dyn FnOnce() + Send + 'a>,
+}
+
+/// What a finished job hands back: its output, and its reservation when
+/// the caller asked to keep it (for a stored result).
+pub struct Finished<T> {
+    /// The work's output.
+    pub output: T,
+    /// The reservation, run finished but memory still held.
+    pub kept: Option<Reservation>,
+}
+
+/// Takes a run slot, runs `work` on the blocking pool and waits for it at
+/// most `deadline`. For a background job, the reservation comes back with
+/// the output instead of ending with the work.
+///
+/// # Errors
+///
+/// The gate's refusal of a run slot, the job's own error, 504 past the
+/// deadline, 500 when the work panicked.
+pub async fn run<T: Send + 'static>(
+    mut reservation: Reservation,
+    work: impl Work<T>,
+    job: JobOptions<'_>,
+) -> Result<Finished<T>, ApiError> {
+    let JobOptions {
+        deadline,
+        background,
+        metrics,
+        on_start,
+    } = job;
+    let queued_for = reservation.held_for();
+    if background {
+        reservation.run_accepted().await?;
+    } else {
+        reservation.run().await?;
+    }
+    on_start();
+    let kind = reservation.class().to_owned();
+    metrics.queue_wait(&kind, queued_for);
+
+    let cancel = Cancel::new();
+    let mut guard = CancelOnDrop(Some(cancel.clone()));
+    let started = Instant::now();
+    let handle = tokio::task::spawn_blocking(move || {
+        let (output, peak) = measure_peak(|| work(&cancel));
+        if let Some(peak) = peak {
+            reservation.record_peak(peak);
+        }
+        let estimate = reservation.estimate();
+        if background && output.is_ok() {
+            reservation.finish();
+            (output, Some(reservation), estimate, peak)
+        } else {
+            // Drops here, on the blocking thread, once the work is over.
+            (output, None, estimate, peak)
+        }
+    });
+
+    let joined = tokio::time::timeout(deadline, handle).await;
+    let outcome = match joined {
+        Err(_) => {
+            // The guard raises the flag; the work stops at its next stage
+            // and its reservation ends with it.
+            metrics.job_finished(&kind, JobOutcome::Deadline, started.elapsed());
+            return Err(ApiError::DeadlineExceeded(deadline));
+        }
+        Ok(Err(join)) if join.is_panic() => {
+            tracing::error!(kind, "job panicked; its reservation was returned");
+            metrics.job_finished(&kind, JobOutcome::Panicked, started.elapsed());
+            return Err(ApiError::JobPanicked);
+        }
+        Ok(Err(_)) => {
+            metrics.job_finished(&kind, JobOutcome::Cancelled, started.elapsed());
+            return Err(ApiError::JobPanicked);
+        }
+        Ok(Ok(outcome)) => outcome,
+    };
+    guard.0 = None;
+
+    let (output, kept, estimate, peak) = outcome;
+    if let Some(peak) = peak {
+        metrics.estimate_error(&kind, estimate, peak);
+    }
+    let label = if output.is_ok() {
+        JobOutcome::Done
+    } else {
+        JobOutcome::Failed
+    };
+    metrics.job_finished(&kind, label, started.elapsed());
+    Ok(Finished {
+        output: output?,
+        kept,
+    })
+}

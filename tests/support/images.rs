@@ -1,0 +1,137 @@
+//! Images made by the tests themselves: gradients with noise, so that
+//! encoders cannot shrink them to nothing, at any size and in every format
+//! memgate reads, plus hostile ones built byte by byte.
+
+#![allow(dead_code)]
+
+use std::io::Cursor;
+
+use image::codecs::gif::{GifEncoder, Repeat};
+use image::codecs::jpeg::JpegEncoder;
+use image::{Delay, DynamicImage, Frame, ImageFormat, RgbImage, Rgba, RgbaImage};
+
+/// A gradient with noise, `width` by `height`.
+pub fn rgb(width: u32, height: u32, seed: u32) -> RgbImage {
+    let mut noise = seed.wrapping_mul(2_654_435_761) | 1;
+    RgbImage::from_fn(width, height, |x, y| {
+        // xorshift32: cheap, deterministic detail for the encoders.
+        noise ^= noise << 13;
+        noise ^= noise >> 17;
+        noise ^= noise << 5;
+        let grain = noise & 0x1f;
+        let r = (x * 255 / width.max(1) + grain) as u8;
+        let g = (y * 255 / height.max(1) + grain) as u8;
+        let b = ((x + y) % 256) as u8;
+        image::Rgb([r, g, b])
+    })
+}
+
+/// A gradient with noise and a varying alpha channel.
+pub fn rgba(width: u32, height: u32, seed: u32) -> RgbaImage {
+    let base = rgb(width, height, seed);
+    RgbaImage::from_fn(width, height, |x, y| {
+        let [r, g, b] = base.get_pixel(x, y).0;
+        Rgba([r, g, b, (x * 255 / width.max(1)) as u8])
+    })
+}
+
+/// A baseline JPEG of a noisy gradient.
+pub fn jpeg(width: u32, height: u32, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let encoder = JpegEncoder::new_with_quality(&mut out, quality);
+    rgb(width, height, 1)
+        .write_with_encoder(encoder)
+        .expect("encode jpeg");
+    out
+}
+
+/// An image in `format` (PNG, WebP lossless, GIF, JPEG).
+pub fn encoded(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    image.write_to(&mut out, format).expect("encode");
+    out.into_inner()
+}
+
+/// An RGBA PNG of a noisy gradient.
+pub fn png_rgba(width: u32, height: u32) -> Vec<u8> {
+    encoded(
+        DynamicImage::ImageRgba8(rgba(width, height, 2)),
+        ImageFormat::Png,
+    )
+}
+
+/// A GIF of `frames` frames.
+pub fn gif_animated(width: u32, height: u32, frames: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = GifEncoder::new(&mut out);
+        encoder.set_repeat(Repeat::Infinite).expect("repeat");
+        for i in 0..frames {
+            let frame = Frame::from_parts(
+                rgba(width, height, i + 3),
+                0,
+                0,
+                Delay::from_numer_denom_ms(100, 1),
+            );
+            encoder.encode_frame(frame).expect("encode frame");
+        }
+    }
+    out
+}
+
+/// A PNG of about a hundred bytes whose header declares `width` by
+/// `height` RGBA pixels: 30000 by 30000 would decode to 3.6 GB.
+pub fn png_bomb(width: u32, height: u32) -> Vec<u8> {
+    let mut header = Vec::new();
+    header.extend_from_slice(&width.to_be_bytes());
+    header.extend_from_slice(&height.to_be_bytes());
+    // 8 bits per sample, colour type 6 (RGBA), deflate, filter 0, no
+    // interlace.
+    header.extend_from_slice(&[8, 6, 0, 0, 0]);
+    // A zlib stream of an empty stored block: valid, and nowhere near the
+    // declared size.
+    let data = [
+        0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01,
+    ];
+
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &header);
+    chunk(&mut png, b"IDAT", &data);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// `image` cut to its first `keep` bytes.
+pub fn truncated(image: &[u8], keep: usize) -> Vec<u8> {
+    image[..keep.min(image.len())].to_vec()
+}
+
+/// Appends a PNG chunk with its CRC.
+fn chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = png.len();
+    png.extend_from_slice(kind);
+    png.extend_from_slice(data);
+    let crc = crc32(&png[start..]);
+    png.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// The CRC-32 PNG chunks carry (ISO 3309, reflected, 0xedb88320).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// The format and size of an encoded image, read back with `image`.
+pub fn decoded(bytes: &[u8]) -> (ImageFormat, u32, u32) {
+    let format = image::guess_format(bytes).expect("a known format");
+    let image = image::load_from_memory(bytes).expect("decodable output");
+    (format, image.width(), image.height())
+}
