@@ -124,6 +124,78 @@ async fn images_are_not_upscaled_unless_asked() {
 }
 
 #[tokio::test]
+async fn a_progressive_jpeg_is_transcoded_and_its_cost_learned_apart() {
+    let server = TestServer::start(config(|_| {})).await;
+    let answer = post(
+        &server,
+        "/v1/transcode?width=120",
+        images::jpeg_progressive(480, 320, 85),
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let out = answer.bytes().await.unwrap();
+    assert_eq!(images::decoded(&out), (ImageFormat::Jpeg, 120, 80));
+
+    settled(&server).await;
+    let costs = server.gate.costs();
+    let class = costs.iter().find(|c| c.class == "jpeg_progressive");
+    assert_eq!(class.map(|c| c.observed), Some(1), "{costs:?}");
+}
+
+#[tokio::test]
+async fn exif_orientation_is_applied_before_the_box_is_fitted() {
+    let server = TestServer::start(config(|_| {})).await;
+    // Stored 200x100, displayed rotated a quarter turn: 100x200.
+    let answer = post(
+        &server,
+        "/v1/transcode?width=50",
+        images::jpeg_oriented(200, 100, 6),
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let out = answer.bytes().await.unwrap();
+    assert_eq!(images::decoded(&out), (ImageFormat::Jpeg, 50, 100));
+}
+
+#[tokio::test]
+async fn a_webp_input_comes_back_as_webp_and_a_16_bit_png_as_png() {
+    let server = TestServer::start(config(|_| {})).await;
+    let webp = images::encoded(
+        DynamicImage::ImageRgba8(images::rgba(300, 200, 3)),
+        ImageFormat::WebP,
+    );
+    let answer = post(&server, "/v1/transcode?width=150", webp).await;
+    assert_eq!(answer.headers()["content-type"], "image/webp");
+    let out = answer.bytes().await.unwrap();
+    assert_eq!(images::decoded(&out), (ImageFormat::WebP, 150, 100));
+
+    let deep = DynamicImage::ImageRgba8(images::rgba(64, 64, 4)).to_rgba16();
+    let png = images::encoded(DynamicImage::ImageRgba16(deep), ImageFormat::Png);
+    let answer = post(&server, "/v1/transcode?width=32", png).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let out = answer.bytes().await.unwrap();
+    assert_eq!(images::decoded(&out), (ImageFormat::Png, 32, 32));
+    settled(&server).await;
+}
+
+#[tokio::test]
+async fn a_webp_output_larger_than_webp_allows_is_400_before_decoding() {
+    let server = TestServer::start(config(|_| {})).await;
+    let answer = post(
+        &server,
+        "/v1/transcode?width=16384&upscale=true&format=webp",
+        images::jpeg(64, 32, 80),
+    )
+    .await;
+    let body = problem(answer, 400).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("format"),
+        "{body}"
+    );
+    settled(&server).await;
+}
+
+#[tokio::test]
 async fn a_decompression_bomb_is_413_without_its_memory_reserved() {
     let server = TestServer::start(config(|_| {})).await;
     let bomb = images::png_bomb(30_000, 30_000);

@@ -115,8 +115,14 @@ async fn transcode(app: &App, request: Request<Incoming>) -> Result<Answer, ApiE
 
     let Upload { body, reservation } = upload;
     let max_alloc = reservation.bytes();
+    let held = body.len() as u64;
     let work = move |cancel: &jobs::Cancel| jobs::transcode(&body, &params, max_alloc, cancel);
-    let finished = work::run(reservation, work, options(app, false, Box::new(|| {}))).await?;
+    let finished = work::run(
+        reservation,
+        work,
+        options(app, false, held, Box::new(|| {})),
+    )
+    .await?;
 
     let image = finished.output;
     Ok(bytes(
@@ -166,11 +172,12 @@ struct Submitted {
 async fn background(app: Arc<App>, id: Uuid, upload: Upload, params: TranscodeParams) {
     let Upload { body, reservation } = upload;
     let max_alloc = reservation.bytes();
+    let held = body.len() as u64;
     let work = move |cancel: &jobs::Cancel| jobs::transcode(&body, &params, max_alloc, cancel);
     let store = &app.store;
     let on_start = Box::new(move || store.running(id));
 
-    match work::run(reservation, work, options(&app, true, on_start)).await {
+    match work::run(reservation, work, options(&app, true, held, on_start)).await {
         Ok(finished) => {
             let image = finished.output;
             let output = Output {
@@ -221,10 +228,10 @@ async fn synthetic_job(app: &App, request: Request<Incoming>) -> Result<Answer, 
     let params = synthetic::SyntheticParams::from_query(request.uri().query())?;
     let reservation = app
         .gate
-        .reserve("synthetic", synthetic::estimate(&params))
+        .reserve(synthetic::CLASS, synthetic::estimate(&params))
         .await?;
     let work = move |cancel: &jobs::Cancel| synthetic::run(&params, cancel);
-    let finished = work::run(reservation, work, options(app, false, Box::new(|| {}))).await?;
+    let finished = work::run(reservation, work, options(app, false, 0, Box::new(|| {}))).await?;
     Ok(json(StatusCode::OK, &finished.output))
 }
 
@@ -250,11 +257,13 @@ async fn admit_image(
 fn options<'a>(
     app: &'a App,
     background: bool,
+    held_bytes: u64,
     on_start: Box<dyn FnOnce() + Send + 'a>,
 ) -> JobOptions<'a> {
     JobOptions {
         deadline: app.settings.job_timeout(),
         background,
+        held_bytes,
         metrics: &app.metrics,
         on_start,
     }

@@ -41,6 +41,10 @@ pub struct JobOptions<'a> {
     /// its run slot past the queue's bounds (it was accepted), and its
     /// reservation comes back with the output, to cover the stored result.
     pub background: bool,
+    /// Memory the job holds from before its work starts, allocated on
+    /// another thread (its request body), in bytes. The work's measured
+    /// peak sees only its own thread, so this is added to it.
+    pub held_bytes: u64,
     /// Where durations and estimate errors are recorded.
     pub metrics: &'a Metrics,
     /// Called once the job has its run slot.
@@ -72,6 +76,7 @@ pub async fn run<T: Send + 'static>(
     let JobOptions {
         deadline,
         background,
+        held_bytes,
         metrics,
         on_start,
     } = job;
@@ -90,6 +95,7 @@ pub async fn run<T: Send + 'static>(
     let started = Instant::now();
     let handle = tokio::task::spawn_blocking(move || {
         let (output, peak) = measure_peak(|| work(&cancel));
+        let peak = peak.map(|peak| peak + held_bytes);
         if let Some(peak) = peak {
             reservation.record_peak(peak);
         }
