@@ -5,6 +5,8 @@
 //! [`logs`]). [`metrics`] keeps the Prometheus registry served on
 //! `/metrics`.
 
+use std::io::IsTerminal;
+
 use thiserror::Error;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::ParseError;
@@ -45,6 +47,8 @@ pub fn init(settings: &LogSettings) -> Result<(), InitError> {
     let installed = match settings.format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
+            // Colour codes only for a terminal, not for a file or a pipe.
+            .with_ansi(std::io::stdout().is_terminal())
             .try_init()
             .map_err(|e| e.to_string()),
         LogFormat::Json => tracing_subscriber::registry()
