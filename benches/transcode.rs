@@ -50,6 +50,11 @@ fn cases() -> Vec<Case> {
             query: "width=1024&height=1024",
         },
         Case {
+            name: "jpeg_progressive_420_24mp_to_1024",
+            image: images::jpeg_progressive(6000, 4000, 85),
+            query: "width=1024&height=1024",
+        },
+        Case {
             name: "jpeg_24mp_to_1024_webp",
             image: images::jpeg(6000, 4000, 90),
             query: "width=1024&height=1024&format=webp",

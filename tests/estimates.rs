@@ -42,6 +42,11 @@ fn cases() -> Vec<Case> {
             query: "width=400",
         },
         Case {
+            name: "progressive 4:2:0 jpeg to png",
+            image: images::jpeg_progressive(1600, 1200, 85),
+            query: "width=400&format=png",
+        },
+        Case {
             name: "jpeg to webp of the same size",
             image: images::jpeg(1200, 800, 90),
             query: "format=webp",

@@ -156,6 +156,10 @@ pub struct ImageInfo {
     pub height: u32,
     /// The decoded pixels' layout.
     pub color: ColorType,
+    /// Bytes a progressive JPEG's decoder keeps for its coefficients until
+    /// the last scan (two per sample, at each component's own
+    /// resolution); 0 for other images.
+    pub coefficient_bytes: u64,
     /// Whether a JPEG is progressive: its decoder keeps every coefficient
     /// of the image until the last scan.
     pub progressive: bool,
@@ -184,12 +188,14 @@ pub fn probe(data: &[u8]) -> Result<ImageInfo, JobError> {
         .ok_or_else(|| JobError::Unsupported("not a JPEG, PNG, WebP or GIF image".to_owned()))?;
 
     // The JPEG decoder copies its whole input: give it only the headers.
-    let (header, progressive) = match format {
-        InputFormat::Jpeg => {
-            let headers = jpeg_headers(data);
-            (&data[..headers.end], headers.progressive)
-        }
-        _ => (data, false),
+    let headers = match format {
+        InputFormat::Jpeg => jpeg_headers(data),
+        _ => JpegHeaders::default(),
+    };
+    let header = if format == InputFormat::Jpeg {
+        &data[..headers.end]
+    } else {
+        data
     };
     let reader = ImageReader::with_format(Cursor::new(header), format.image_format());
     let decoder = reader.into_decoder().map_err(job_error)?;
@@ -199,14 +205,20 @@ pub fn probe(data: &[u8]) -> Result<ImageInfo, JobError> {
         width,
         height,
         color: decoder.color_type(),
-        progressive,
+        coefficient_bytes: if headers.progressive {
+            headers.coefficient_bytes
+        } else {
+            0
+        },
+        progressive: headers.progressive,
         input_bytes: data.len() as u64,
     })
 }
 
 /// The class whose costs the gate learns for this job: one per input
-/// format, progressive JPEG apart, as its decoder needs about twice the
-/// memory of a baseline one.
+/// format, progressive JPEG apart, as its decoder keeps every coefficient
+/// of the image and needs two to three times the memory of a baseline
+/// one.
 pub fn class(info: &ImageInfo, _params: &TranscodeParams) -> &'static str {
     match info.format {
         InputFormat::Jpeg if info.progressive => "jpeg_progressive",
@@ -240,9 +252,9 @@ pub fn estimate(info: &ImageInfo, params: &TranscodeParams) -> Result<u64, JobEr
 
     // Decoding: the pixels, and what the decoder keeps besides.
     let decoder = match info.format {
-        // A progressive JPEG's decoder keeps every coefficient (two bytes
-        // per sample) until the last scan; a baseline one, a row of blocks.
-        InputFormat::Jpeg if info.progressive => source * u64::from(info.color.channel_count()) * 2,
+        // A progressive JPEG's decoder keeps every coefficient until the
+        // last scan; a baseline one, a row of blocks.
+        InputFormat::Jpeg if info.progressive => info.coefficient_bytes,
         InputFormat::Jpeg => 0,
         InputFormat::Png => 0,
         // The GIF decoder composes a frame smaller than the canvas in a
@@ -650,19 +662,27 @@ fn encode_webp(image: DynamicImage, quality: u8) -> Result<Vec<u8>, JobError> {
         .map_err(|e| JobError::Encode(format!("webp: {e:?}")))
 }
 
-/// Where a JPEG's headers end, and whether it is progressive.
+/// What a JPEG's headers tell besides what the decoder reports.
+#[derive(Default)]
 struct JpegHeaders {
     /// The offset just past the start-of-scan segment's header, or the
     /// whole input when none is found.
     end: usize,
     progressive: bool,
+    /// Coefficient storage of the whole image: two bytes for each of the
+    /// 64 samples of every block of every component, blocks padded to
+    /// whole MCUs.
+    coefficient_bytes: u64,
 }
 
 /// Walks a JPEG's marker segments up to its first scan. The decoder
 /// reads only what precedes the scan for the header; handing it that
 /// slice avoids copying the whole image on the async runtime.
 fn jpeg_headers(data: &[u8]) -> JpegHeaders {
-    let mut progressive = false;
+    let mut headers = JpegHeaders {
+        end: data.len(),
+        ..JpegHeaders::default()
+    };
     let mut at = 2; // past SOI
     while at + 4 <= data.len() {
         if data[at] != 0xFF {
@@ -674,25 +694,46 @@ fn jpeg_headers(data: &[u8]) -> JpegHeaders {
             continue;
         }
         let length = usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+        let segment = data.get(at + 4..(at + 2 + length).min(data.len()));
         match marker {
-            // Start of frame, progressive (DCT, and its arithmetic-coded
-            // and differential forms).
-            0xC2 | 0xC6 | 0xCA | 0xCE => progressive = true,
+            // Start of frame: baseline, extended, progressive, lossless,
+            // in Huffman or arithmetic coding (0xC4 and 0xCC are tables).
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                headers.progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
+                headers.coefficient_bytes = segment.map_or(0, coefficient_bytes);
+            }
             // Start of scan: the headers are over.
             0xDA => {
-                return JpegHeaders {
-                    end: (at + 2 + length).min(data.len()),
-                    progressive,
-                };
+                headers.end = (at + 2 + length).min(data.len());
+                return headers;
             }
             _ => {}
         }
         at += 2 + length;
     }
-    JpegHeaders {
-        end: data.len(),
-        progressive,
-    }
+    headers
+}
+
+/// Coefficient storage of a frame whose start-of-frame segment (after its
+/// length) is `frame`: precision, height, width, then each component's
+/// id, sampling factors and table.
+fn coefficient_bytes(frame: &[u8]) -> u64 {
+    let Some(&[_precision, hi_h, lo_h, hi_w, lo_w, count]) = frame.get(..6) else {
+        return 0;
+    };
+    let components = &frame[6..];
+    let height = u64::from(u16::from_be_bytes([hi_h, lo_h]));
+    let width = u64::from(u16::from_be_bytes([hi_w, lo_w]));
+    let factors: Vec<(u64, u64)> = components
+        .chunks_exact(3)
+        .take(usize::from(count))
+        .map(|c| (u64::from(c[1] >> 4).max(1), u64::from(c[1] & 0x0f).max(1)))
+        .collect();
+    let h_max = factors.iter().map(|f| f.0).max().unwrap_or(1);
+    let v_max = factors.iter().map(|f| f.1).max().unwrap_or(1);
+    let mcus = width.div_ceil(8 * h_max) * height.div_ceil(8 * v_max);
+    let blocks: u64 = factors.iter().map(|(h, v)| mcus * h * v).sum();
+    blocks * 64 * 2
 }
 
 fn pixels(width: u32, height: u32) -> u64 {

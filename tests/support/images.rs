@@ -76,7 +76,8 @@ pub fn webp_lossy(image: &RgbImage, quality: u8) -> Vec<u8> {
 }
 
 /// A progressive JPEG of a noisy gradient: its decoder keeps every
-/// coefficient until the last scan.
+/// coefficient until the last scan. Below quality 90 the chroma is
+/// subsampled (4:2:0), from 90 it is not (4:4:4).
 pub fn jpeg_progressive(width: u16, height: u16, quality: u8) -> Vec<u8> {
     let mut out = Vec::new();
     let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
