@@ -3,8 +3,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use memgate::controller::{Controller, ControllerSettings};
-use memgate::gate::{Binding, Gate, GateSettings};
+use memgate::controller::{Controller, ControllerSettings, UNGATED_CAPACITY};
+use memgate::gate::{AdmissionMode, Binding, Gate, GateSettings, UNBOUNDED_RUNNING};
 use memgate::memory::{Ceiling, CeilingSettings, JemallocStats, MemorySample, MemorySource};
 use tokio::time::Instant;
 
@@ -232,4 +232,85 @@ async fn the_controller_task_ticks_until_shutdown() {
 
     stop.send(()).unwrap();
     task.await.unwrap();
+}
+
+/// A controller as [`controller`] builds it, for the admission `mode`,
+/// with room for 2 to 6 running jobs.
+fn controller_in(script: &Script, mode: AdmissionMode) -> Controller<Script> {
+    let settings = CeilingSettings {
+        ceiling_ratio: 1.0,
+        ..CeilingSettings::default()
+    };
+    let ceiling = Ceiling::resolve(&settings, Some(1000 * MIB)).unwrap();
+    let gate = Gate::new(
+        GateSettings {
+            mode,
+            min_running: 2,
+            max_running: 6,
+            ..GateSettings::default()
+        },
+        0,
+    );
+    Controller::new(ControllerSettings::default(), ceiling, gate, script.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_pool_does_not_gate_memory_and_never_moves_its_limit() {
+    let script = Script::default();
+    script.set(100, 0, 0);
+    let mut controller = controller_in(&script, AdmissionMode::Fixed);
+    let gate = controller.gate().clone();
+    assert_eq!(gate.state().running_limit, 6);
+
+    // Memory far past the ceiling: memgate would cut; a fixed pool does not.
+    script.set(1200, 0, 0);
+    let state = controller.tick(Instant::now());
+    assert_eq!(state.mode, AdmissionMode::Fixed);
+    assert_eq!(state.gate.capacity, UNGATED_CAPACITY);
+    assert_eq!(state.gate.running_limit, 6);
+
+    // A job larger than the ceiling is admitted: nothing sizes it.
+    let job = gate.reserve("jpeg", 2000 * MIB).await.unwrap();
+    assert_eq!(job.bytes(), 2000 * MIB);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unbounded_mode_starts_every_job_at_once() {
+    let script = Script::default();
+    let controller = controller_in(&script, AdmissionMode::Unbounded);
+    let gate = controller.gate().clone();
+    assert_eq!(gate.state().running_limit, UNBOUNDED_RUNNING);
+
+    let mut jobs = Vec::new();
+    for _ in 0..100 {
+        let mut job = gate.reserve("synthetic", 150 * MIB).await.unwrap();
+        job.run().await.unwrap();
+        jobs.push(job);
+    }
+    assert_eq!(gate.state().running, 100);
+    assert_eq!(gate.state().queued, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_latency_mode_lowers_its_limit_when_jobs_slow_down() {
+    let script = Script::default();
+    let mut controller = controller_in(&script, AdmissionMode::Latency);
+    let gate = controller.gate().clone();
+    assert_eq!(gate.state().running_limit, 6);
+
+    // Full load: quick jobs first set the baseline, then the same jobs
+    // take four times as long.
+    for service_ms in [100, 100, 100, 100, 100, 400, 400, 400, 400, 400, 400] {
+        let mut running = Vec::new();
+        for _ in 0..gate.state().running_limit {
+            let mut job = gate.reserve("synthetic", MIB).await.unwrap();
+            job.run().await.unwrap();
+            running.push(job);
+        }
+        tokio::time::advance(Duration::from_millis(service_ms)).await;
+        drop(running);
+        controller.tick(Instant::now());
+    }
+    let limit = gate.state().running_limit;
+    assert!((2..6).contains(&limit), "limit {limit}");
 }

@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::gate::{Binding, ClassCost, Gate, GateState};
+use crate::gate::{AdmissionMode, Binding, ClassCost, Gate, GateState};
 use crate::memory::{Ceiling, MemorySample, MemorySource, Signal};
 
 pub mod law;
 pub mod running;
 
 use law::{CapacityLaw, Decision, Heap, Inputs, Transition};
-use running::RunningLimit;
+use running::RunningPolicy;
 
 /// Settings of the controller, the `[controller]` section of the
 /// configuration. Watermarks and steps are fractions of the ceiling.
@@ -120,6 +120,10 @@ impl ControllerSettings {
     }
 }
 
+/// The capacity of the modes that do not gate memory: 1 PiB, more than
+/// any machine has, and within the gate's KiB units and tokio's permits.
+pub const UNGATED_CAPACITY: u64 = 1 << 50;
+
 /// A change the controller made to one of the gate's limits.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Adjustment {
@@ -141,6 +145,8 @@ pub struct Adjustment {
 pub struct AdmissionState {
     /// Ticks since the controller started.
     pub tick: u64,
+    /// The admission policy (`gate.mode`).
+    pub mode: AdmissionMode,
     /// The ceiling the working set is steered under, and where it came
     /// from.
     pub ceiling: Ceiling,
@@ -183,7 +189,8 @@ pub struct Controller<S> {
     gate: Gate,
     source: S,
     law: CapacityLaw,
-    running: RunningLimit,
+    running: RunningPolicy,
+    mode: AdmissionMode,
     tick: u64,
     purges: u64,
     binding: Binding,
@@ -207,12 +214,13 @@ impl<S: MemorySource> Controller<S> {
         }
 
         let law = CapacityLaw::new(&settings, ceiling.bytes);
-        let gate_settings = gate.settings();
-        let running = RunningLimit::new(gate_settings.min_running, gate_settings.max_running);
+        let mode = gate.settings().mode;
+        let running = RunningPolicy::new(gate.settings());
         let now = Instant::now();
         let first = source.sample(now);
         let placeholder = AdmissionState {
             tick: 0,
+            mode,
             ceiling,
             high_watermark: law.high_watermark(),
             low_watermark: law.low_watermark(),
@@ -237,6 +245,7 @@ impl<S: MemorySource> Controller<S> {
             source,
             law,
             running,
+            mode,
             tick: 0,
             purges: 0,
             binding: Binding::None,
@@ -317,6 +326,9 @@ impl<S: MemorySource> Controller<S> {
     }
 
     fn apply_capacity(&mut self, before: &GateState, decision: &Decision, working_set: u64) {
+        if self.mode != AdmissionMode::Adaptive {
+            return self.ungate_memory(before);
+        }
         self.gate.set_max_reservation(decision.max_reservation);
         let Some(reason) = decision.reason else {
             return;
@@ -341,6 +353,24 @@ impl<S: MemorySource> Controller<S> {
         });
     }
 
+    /// In the modes that do not gate memory, makes the capacity too large
+    /// to bind, once. The law still runs, so that the published state
+    /// shows what memgate would have done.
+    fn ungate_memory(&mut self, before: &GateState) {
+        if before.capacity == UNGATED_CAPACITY {
+            return;
+        }
+        self.gate.set_capacity(UNGATED_CAPACITY);
+        self.gate.set_max_reservation(UNGATED_CAPACITY);
+        self.record(Adjustment {
+            tick: self.tick,
+            limit: "capacity",
+            from: before.capacity,
+            to: UNGATED_CAPACITY,
+            reason: self.mode.as_str(),
+        });
+    }
+
     fn apply_running_limit(&mut self, before: &GateState) {
         let completions = self.gate.take_completions();
         let limit = self.running.update(&completions, before.running);
@@ -353,6 +383,7 @@ impl<S: MemorySource> Controller<S> {
             from = before.running_limit,
             to = limit,
             running = before.running,
+            reason = self.running.reason(),
             "running limit adjusted"
         );
         self.record(Adjustment {
@@ -360,7 +391,7 @@ impl<S: MemorySource> Controller<S> {
             limit: "running_limit",
             from: before.running_limit as u64,
             to: limit as u64,
-            reason: "latency_gradient",
+            reason: self.running.reason(),
         });
     }
 
@@ -378,7 +409,8 @@ impl<S: MemorySource> Controller<S> {
                 ceiling = self.ceiling.bytes,
                 capacity = decision.capacity,
                 unreserved = decision.unreserved,
-                "memory pressure engaged: capacity cut, allocator purged"
+                mode = self.mode.as_str(),
+                "memory pressure engaged: allocator purged, capacity cut in adaptive mode"
             ),
             Some(Transition::Released) => tracing::info!(
                 working_set = sample.working_set,
@@ -400,6 +432,7 @@ impl<S: MemorySource> Controller<S> {
     fn publish(&self, sample: MemorySample, decision: Decision, gate: GateState) -> AdmissionState {
         let state = AdmissionState {
             tick: self.tick,
+            mode: self.mode,
             ceiling: self.ceiling,
             high_watermark: self.law.high_watermark(),
             low_watermark: self.law.low_watermark(),

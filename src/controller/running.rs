@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 
-use crate::gate::Completion;
+use tower_acc::{Algorithm, Gradient2};
+
+use crate::gate::{AdmissionMode, Completion, GateSettings, UNBOUNDED_RUNNING};
 
 /// How much of a new sample moves the no-load baseline down (it falls fast:
 /// a quick job proves the machine can be that quick) and up (it rises very
@@ -33,6 +35,86 @@ const SMOOTHING: f64 = 0.2;
 
 /// Service times are compared per this many bytes of estimate.
 const BYTES_PER_COST_UNIT: f64 = (1u64 << 20) as f64;
+
+/// How the running limit is set, by admission mode.
+#[derive(Debug)]
+pub enum RunningPolicy {
+    /// memgate's gradient on service time per byte, per class.
+    Gradient(RunningLimit),
+    /// Gradient2 on raw job latency, as latency-based limiters do.
+    Latency {
+        /// The algorithm, fed every finished job's service time.
+        algorithm: Gradient2,
+        /// The bounds of the limit (`gate.min_running`, `gate.max_running`).
+        min: usize,
+        /// See `min`.
+        max: usize,
+    },
+    /// A limit that never moves: a fixed pool, or no limit at all.
+    Fixed(usize),
+}
+
+impl RunningPolicy {
+    /// The policy of `settings.mode`, starting at `gate.max_running` (or
+    /// without a limit in `unbounded` mode).
+    pub fn new(settings: &GateSettings) -> Self {
+        let (min, max) = (settings.min_running, settings.max_running);
+        match settings.mode {
+            AdmissionMode::Adaptive => Self::Gradient(RunningLimit::new(min, max)),
+            AdmissionMode::Latency => Self::Latency {
+                algorithm: Gradient2::builder()
+                    .initial_limit(max)
+                    .min_limit(min)
+                    .max_limit(max)
+                    .build(),
+                min,
+                max,
+            },
+            AdmissionMode::Fixed => Self::Fixed(max),
+            AdmissionMode::Unbounded => Self::Fixed(UNBOUNDED_RUNNING),
+        }
+    }
+
+    /// The limit the policy starts with.
+    pub fn limit(&self) -> usize {
+        match self {
+            Self::Gradient(limit) => limit.limit(),
+            Self::Latency {
+                algorithm,
+                min,
+                max,
+            } => algorithm.max_concurrency().clamp(*min, *max),
+            Self::Fixed(limit) => *limit,
+        }
+    }
+
+    /// Folds the jobs that finished since the last tick into the limit,
+    /// with `running` jobs running now, and returns the new limit.
+    pub fn update(&mut self, completions: &[Completion], running: usize) -> usize {
+        match self {
+            Self::Gradient(limit) => limit.update(completions, running),
+            Self::Latency { algorithm, .. } => {
+                // Jobs that ended since the last tick were running beside
+                // those running now.
+                let in_flight = running + completions.len();
+                for completion in completions {
+                    algorithm.update(completion.service_time, in_flight, false, false);
+                }
+                self.limit()
+            }
+            Self::Fixed(limit) => *limit,
+        }
+    }
+
+    /// Why the limit moved, as adjustments and logs name it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Gradient(_) => "latency_gradient",
+            Self::Latency { .. } => "gradient2",
+            Self::Fixed(_) => "fixed",
+        }
+    }
+}
 
 /// The running limit's memory between ticks.
 #[derive(Debug)]

@@ -77,10 +77,50 @@ const SERVICE_TIME_WEIGHT: f64 = 0.1;
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// The admission policy: what the controller steers the gate by. Every
+/// mode runs the same gate and server; only the limits differ, so that
+/// the policies can be compared on the same code.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionMode {
+    /// memgate: capacity steered from measured memory under the ceiling,
+    /// the running limit from service times, new job classes probed.
+    #[default]
+    Adaptive,
+    /// A fixed pool: `gate.max_running` jobs run, `gate.max_queue` wait,
+    /// the rest are refused. Memory is not gated.
+    Fixed,
+    /// A running limit adapted from job latency alone (Netflix's Gradient2,
+    /// from the tower-acc crate) between `gate.min_running` and
+    /// `gate.max_running`. Memory is not gated.
+    Latency,
+    /// Every job starts at once: one task per request, nothing gated.
+    Unbounded,
+}
+
+impl AdmissionMode {
+    /// The mode's name, as the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adaptive => "adaptive",
+            Self::Fixed => "fixed",
+            Self::Latency => "latency",
+            Self::Unbounded => "unbounded",
+        }
+    }
+}
+
+/// The running limit of `unbounded` mode: more than any machine runs, so
+/// that every job starts at once, as with one task per request.
+pub const UNBOUNDED_RUNNING: usize = 1 << 20;
+
 /// Settings of the gate, the `[gate]` section of the configuration.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GateSettings {
+    /// The admission policy: `adaptive` (memgate), `fixed`, `latency` or
+    /// `unbounded`, for comparisons; see [`AdmissionMode`].
+    pub mode: AdmissionMode,
     /// Jobs that may wait for memory or a run slot at once; the next one is
     /// refused with `queue_full`. Count, 0 (never wait) to 1,000,000.
     pub max_queue: usize,
@@ -101,6 +141,7 @@ pub struct GateSettings {
 impl Default for GateSettings {
     fn default() -> Self {
         Self {
+            mode: AdmissionMode::Adaptive,
             max_queue: 64,
             max_wait_ms: 10_000,
             min_running: 1,
@@ -298,7 +339,10 @@ impl Gate {
 
         let inner = Inner {
             memory: Pool::new(capacity / UNIT_BYTES),
-            running: Pool::new(settings.max_running as u64),
+            running: Pool::new(match settings.mode {
+                AdmissionMode::Unbounded => UNBOUNDED_RUNNING as u64,
+                _ => settings.max_running as u64,
+            }),
             max_reservation: AtomicU64::new(capacity),
             in_flight: AtomicUsize::new(0),
             admitted: AtomicU64::new(0),
@@ -307,7 +351,12 @@ impl Gate {
             waiting_memory: AtomicUsize::new(0),
             waiting_running: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            costs: CostModel::new(settings.probe_jobs),
+            // Probing is part of memgate's policy, not of the others'.
+            costs: CostModel::new(if settings.mode == AdmissionMode::Adaptive {
+                settings.probe_jobs
+            } else {
+                0
+            }),
             service: Mutex::new(Service::default()),
             settings,
         };
@@ -409,10 +458,14 @@ impl Gate {
         self.inner.max_reservation.store(bytes, Ordering::Release);
     }
 
-    /// Sets how many jobs may run at once, clamped to the settings' bounds.
+    /// Sets how many jobs may run at once, clamped to the settings' bounds;
+    /// in `unbounded` mode there is no limit to set.
     pub fn set_running_limit(&self, limit: usize) {
         let settings = &self.inner.settings;
-        let limit = limit.clamp(settings.min_running, settings.max_running);
+        let limit = match settings.mode {
+            AdmissionMode::Unbounded => UNBOUNDED_RUNNING,
+            _ => limit.clamp(settings.min_running, settings.max_running),
+        };
         self.inner.running.resize(limit as u64);
     }
 
