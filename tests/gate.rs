@@ -439,6 +439,9 @@ async fn a_new_class_runs_only_its_probe_jobs_until_one_ends() {
 async fn retry_delay_grows_with_the_queue_and_service_time() {
     let settings = GateSettings {
         max_queue: 4,
+        // Long enough that the queue's length, not its predicted wait,
+        // is what refuses.
+        max_wait_ms: 60_000,
         min_running: 1,
         max_running: 1,
         ..settings()
@@ -597,4 +600,37 @@ async fn a_finished_job_keeps_its_result_memory_but_not_its_run_slot() {
     drop(job);
     assert_eq!(gate.average_service_time(), Some(Duration::from_secs(2)));
     settled(&gate, 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_would_wait_past_max_wait_is_refused_at_once() {
+    let settings = GateSettings {
+        max_queue: 100,
+        max_wait_ms: 1000,
+        min_running: 1,
+        max_running: 1,
+        ..settings()
+    };
+    let gate = Gate::new(settings, 1000 * MIB);
+
+    // One job of 600 ms sets the service time.
+    let first = gate.admit("synthetic", MIB).await.unwrap();
+    tokio::time::advance(Duration::from_millis(600)).await;
+    drop(first);
+
+    // One runs, one waits (600 ms predicted); a third would wait 1200 ms.
+    let _running = gate.admit("synthetic", MIB).await.unwrap();
+    let waiting = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.admit("synthetic", MIB).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(gate.state().queued, 1);
+
+    let asked = tokio::time::Instant::now();
+    let refusal = gate.admit("synthetic", MIB).await.unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::QueueFull);
+    assert_eq!(asked.elapsed(), Duration::ZERO, "refused without waiting");
+    assert!(refusal.retry_after.is_some());
+    drop(waiting);
 }

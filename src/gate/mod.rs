@@ -598,13 +598,18 @@ impl Inner {
         }
     }
 
-    /// Takes a place in the queue, or refuses when it is full.
+    /// Takes a place in the queue, or refuses when it is full: when it
+    /// holds `gate.max_queue` jobs, or more work than can be served within
+    /// `gate.max_wait_ms`. A job that would time out anyway is refused now,
+    /// so that its client hears it at once instead of after the whole wait.
     fn enter_queue<'a>(&'a self, waiting: &'a AtomicUsize) -> Result<QueuePlace<'a>, Refusal> {
         let max = self.settings.max_queue;
+        let max_wait = self.settings.max_wait();
         let taken = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < max).then_some(q + 1)
+                let fits = self.predicted_wait(q).is_none_or(|wait| wait <= max_wait);
+                (q < max && fits).then_some(q + 1)
             });
         if taken.is_err() || self.settings.max_wait_ms == 0 {
             if taken.is_ok() {
@@ -643,6 +648,19 @@ impl Inner {
             reason,
             retry_after,
         }
+    }
+
+    /// How long a job entering the queue behind `ahead` others would likely
+    /// wait: the jobs ahead and itself, served as many at a time as are
+    /// running now, each taking the average service time. `None` until a
+    /// job has finished: without a service time, only the queue's length
+    /// bounds it.
+    fn predicted_wait(&self, ahead: usize) -> Option<Duration> {
+        let average = self.service().average?;
+        let serving = self.running.snapshot().held.max(1);
+        let jobs = u32::try_from(ahead + 1).unwrap_or(u32::MAX);
+        let serving = u32::try_from(serving).unwrap_or(u32::MAX);
+        Some(average.saturating_mul(jobs) / serving)
     }
 
     /// How long until the queue ahead of a new job has likely drained: the
