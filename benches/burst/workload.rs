@@ -1,0 +1,196 @@
+//! Workloads and admission modes, as the command line names them.
+//!
+//! A workload is a burst of jobs (synthetic or images) and, for `surge`,
+//! memory taken by another process in the same cgroup while the jobs run.
+//! A mode is the server's `gate.mode` and the keys that size it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::driver::Job;
+use crate::images;
+
+/// The workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// 500 synthetic jobs of 150 MiB within 10 s: the incident that
+    /// OOM-kills one task per request.
+    Incident,
+    /// A steady 4 jobs/s of 100 MiB for 40 s while another process in the
+    /// container takes 600 MiB for 20 s.
+    Surge,
+    /// 200 JPEGs of 1 to 40 MP, mostly small, transcoded to 1024 px,
+    /// within 20 s.
+    MixedImages,
+}
+
+impl Kind {
+    /// The name on the command line and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Incident => "incident",
+            Self::Surge => "surge",
+            Self::MixedImages => "mixed-images",
+        }
+    }
+
+    /// The workload as the issue describes it; flags override each part.
+    pub fn defaults(self) -> Settings {
+        let base = Settings {
+            workload: self,
+            requests: 500,
+            seconds: 10.0,
+            mib: 150,
+            cpu_ms: 250,
+            retries: 5,
+            surge: None,
+            max_mp: 40,
+            seed: 1,
+        };
+        match self {
+            Self::Incident => base,
+            Self::Surge => Settings {
+                requests: 160,
+                seconds: 40.0,
+                mib: 100,
+                surge: Some(Surge {
+                    mib: 600,
+                    secs: 20.0,
+                    at_secs: 10.0,
+                }),
+                ..base
+            },
+            Self::MixedImages => Settings {
+                requests: 200,
+                seconds: 20.0,
+                ..base
+            },
+        }
+    }
+}
+
+/// Memory another process in the cgroup takes during the burst.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Surge {
+    /// How much, in MiB; every page is touched.
+    pub mib: u64,
+    /// For how long, in seconds, once taken.
+    pub secs: f64,
+    /// When it starts, in seconds after the burst starts.
+    pub at_secs: f64,
+}
+
+/// One workload, with every figure resolved.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    /// Which workload.
+    pub workload: Kind,
+    /// Requests in the burst.
+    pub requests: usize,
+    /// Seconds the sends are spread over.
+    pub seconds: f64,
+    /// MiB per synthetic job.
+    pub mib: u64,
+    /// CPU time per synthetic job, in ms.
+    pub cpu_ms: u64,
+    /// Retries of a refusal that carries `Retry-After`.
+    pub retries: u32,
+    /// Memory taken by another process meanwhile.
+    pub surge: Option<Surge>,
+    /// Largest image, in megapixels (`mixed-images`).
+    pub max_mp: u32,
+    /// Seed of the image sizes (`mixed-images`).
+    pub seed: u64,
+}
+
+impl Settings {
+    /// The burst's requests, in order. Images are generated, or read from
+    /// `cache`, for `mixed-images`.
+    ///
+    /// # Errors
+    ///
+    /// When images cannot be generated or cached.
+    pub fn jobs(&self, cache: &Path) -> Result<Arc<Vec<Job>>, String> {
+        let jobs = match self.workload {
+            Kind::Incident | Kind::Surge => {
+                let job = Job {
+                    target: format!("/v1/synthetic?mib={}&cpu_ms={}", self.mib, self.cpu_ms),
+                    body: None,
+                    input: format!("{}MiB", self.mib),
+                };
+                vec![job; self.requests]
+            }
+            Kind::MixedImages => images::draw(self.requests, self.max_mp, self.seed, cache)?
+                .into_iter()
+                .map(|photo| Job {
+                    target: "/v1/transcode?width=1024&height=1024".to_owned(),
+                    body: Some((photo.jpeg, "image/jpeg")),
+                    input: format!("{}MP", photo.megapixels),
+                })
+                .collect(),
+        };
+        Ok(Arc::new(jobs))
+    }
+}
+
+/// An admission mode to run the server in.
+#[derive(Clone, Debug, Serialize)]
+pub struct Mode {
+    /// As given on the command line: `fixed:12`.
+    pub label: String,
+    /// The `gate.mode` the server must report in `/v1/admission`.
+    pub gate_mode: &'static str,
+    /// The server's environment for it.
+    pub env: Vec<(String, String)>,
+}
+
+impl Mode {
+    /// Reads `adaptive`, `fixed:N[:QUEUE]`, `latency[:MAX]` or
+    /// `unbounded`.
+    ///
+    /// # Errors
+    ///
+    /// When the mode or one of its numbers is not one of those.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = text.trim().split(':');
+        let name = parts.next().unwrap_or_default();
+        let numbers = parts
+            .map(|n| {
+                n.parse::<u64>()
+                    .map_err(|e| format!("mode {text}: {n}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (gate_mode, keys): (_, &[&str]) = match name {
+            "adaptive" => ("adaptive", &[]),
+            "fixed" if !numbers.is_empty() => ("fixed", &["MAX_RUNNING", "MAX_QUEUE"]),
+            "latency" => ("latency", &["MAX_RUNNING"]),
+            "unbounded" => ("unbounded", &[]),
+            _ => {
+                return Err(format!(
+                    "mode {text}: expected adaptive, fixed:N[:QUEUE], latency[:MAX] or unbounded"
+                ));
+            }
+        };
+        if numbers.len() > keys.len() {
+            return Err(format!("mode {text}: too many numbers"));
+        }
+        // The default mode is left to the server's own default, so that a
+        // build without `gate.mode` still runs it.
+        let mut env = Vec::new();
+        if gate_mode != "adaptive" {
+            env.push(("MEMGATE__GATE__MODE".to_owned(), gate_mode.to_owned()));
+        }
+        for (key, n) in keys.iter().zip(&numbers) {
+            env.push((format!("MEMGATE__GATE__{key}"), n.to_string()));
+        }
+        Ok(Self {
+            label: text.trim().to_owned(),
+            gate_mode,
+            env,
+        })
+    }
+}
