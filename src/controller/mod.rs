@@ -410,7 +410,7 @@ impl<S: MemorySource> Controller<S> {
                 capacity = decision.capacity,
                 unreserved = decision.unreserved,
                 mode = self.mode.as_str(),
-                "memory pressure engaged: allocator purged, capacity cut in adaptive mode"
+                "memory pressure engaged"
             ),
             Some(Transition::Released) => tracing::info!(
                 working_set = sample.working_set,
