@@ -634,3 +634,73 @@ async fn a_job_that_would_wait_past_max_wait_is_refused_at_once() {
     assert!(refusal.retry_after.is_some());
     drop(waiting);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_job_let_into_the_queue_is_not_turned_away_when_it_waits_again() {
+    let settings = GateSettings {
+        max_queue: 1,
+        min_running: 1,
+        max_running: 1,
+        ..settings()
+    };
+    let gate = Gate::new(settings, 101 * MIB);
+    let slot = gate.admit("synthetic", MIB).await.unwrap();
+    let memory = gate.reserve("synthetic", 100 * MIB).await.unwrap();
+
+    // B waits for memory, then, later, for its run slot.
+    let b = tokio::spawn({
+        let gate = gate.clone();
+        async move {
+            let mut job = gate.reserve("synthetic", 50 * MIB).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            job.run().await.map(|()| job)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    drop(memory);
+
+    // While B works, F fills the queue waiting for memory.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let f = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.reserve("synthetic", 60 * MIB).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(gate.state().queued, 1, "F waits");
+
+    // B's second wait joins the full queue instead of being refused.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gate.state().queued, 2, "B waits for its run slot too");
+    drop(slot);
+    let b = b.await.unwrap().unwrap();
+    assert!(b.is_running());
+    drop(b);
+    f.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_a_class_is_probed_only_max_running_jobs_wait_for_it() {
+    let settings = GateSettings {
+        probe_jobs: 1,
+        min_running: 1,
+        max_running: 2,
+        ..GateSettings::default()
+    };
+    let gate = Gate::new(settings, 1000 * MIB);
+    let _probe = gate.reserve("jpeg", MIB).await.unwrap();
+
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let gate = gate.clone();
+        waiting.push(tokio::spawn(async move {
+            gate.reserve("jpeg", MIB).await.map(drop)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(gate.state().queued, 2);
+
+    let asked = tokio::time::Instant::now();
+    let refusal = gate.reserve("jpeg", MIB).await.unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::QueueFull);
+    assert_eq!(asked.elapsed(), Duration::ZERO, "refused at once");
+}

@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+use tokio::time::Instant;
 
 mod cost;
 mod pool;
@@ -317,6 +318,18 @@ enum Patience {
     Accepted,
 }
 
+/// A job's history in the queue. Only its first wait is held to the
+/// queue's bounds (length and predicted wait): a job that was let in is
+/// not turned away by them later, between its probe, its memory and its
+/// run slot. All its waits together are held to `gate.max_wait_ms`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Waits {
+    /// Whether the job has waited in the queue before.
+    queued: bool,
+    /// Time it has waited so far.
+    total: Duration,
+}
+
 /// Which pool a wait is for; they count their waiters apart.
 #[derive(Clone, Copy, Debug)]
 enum Need {
@@ -388,11 +401,12 @@ impl Gate {
     /// Dropping the future while it waits reserves nothing and leaves the
     /// queue.
     pub async fn reserve(&self, class: &str, estimate: u64) -> Result<Reservation, Refusal> {
-        let probe = self.inner.probe(class).await?;
+        let mut waits = Waits::default();
+        let probe = self.inner.probe(class, &mut waits).await?;
         let bytes = self.inner.costs.correct(class, estimate);
         let units = self.inner.units_within_limit(bytes)?;
         self.inner
-            .wait(Need::Memory, units, Patience::Bounded)
+            .wait(Need::Memory, units, Patience::Bounded, &mut waits)
             .await?;
 
         Ok(Reservation::new(
@@ -401,6 +415,7 @@ impl Gate {
             estimate,
             u64::from(units),
             probe,
+            waits,
         ))
     }
 
@@ -417,9 +432,10 @@ impl Gate {
     ///
     /// As [`Gate::reserve`].
     pub async fn reserve_bytes(&self, bytes: u64) -> Result<Reservation, Refusal> {
+        let mut waits = Waits::default();
         let units = self.inner.units_within_limit(bytes)?;
         self.inner
-            .wait(Need::Memory, units, Patience::Bounded)
+            .wait(Need::Memory, units, Patience::Bounded, &mut waits)
             .await?;
         Ok(Reservation::new(
             Arc::clone(&self.inner),
@@ -427,6 +443,7 @@ impl Gate {
             bytes,
             u64::from(units),
             None,
+            waits,
         ))
     }
 
@@ -541,9 +558,16 @@ impl Inner {
     }
 
     /// Takes `units` from the pool for `need`: at once when free, else in
-    /// the queue, bounded in length and time unless `patience` says the
-    /// job was accepted already.
-    async fn wait(&self, need: Need, units: u32, patience: Patience) -> Result<(), Refusal> {
+    /// the queue. A job's first wait is held to the queue's bounds, and
+    /// all its waits together to `gate.max_wait_ms` (see [`Waits`]), unless
+    /// `patience` says the job was accepted already.
+    async fn wait(
+        &self,
+        need: Need,
+        units: u32,
+        patience: Patience,
+        waits: &mut Waits,
+    ) -> Result<(), Refusal> {
         if self.draining.load(Ordering::Acquire) {
             return Err(self.refusal(RefusalReason::Draining));
         }
@@ -555,16 +579,20 @@ impl Inner {
             Err(PoolError::Busy) => {}
         }
 
+        let started = Instant::now();
         let waited = match patience {
             Patience::Bounded => {
-                let _place = self.enter_queue(waiting)?;
-                tokio::time::timeout(self.settings.max_wait(), pool.acquire(units)).await
+                let _place = self.take_place(waiting, waits)?;
+                let budget = self.settings.max_wait().saturating_sub(waits.total);
+                tokio::time::timeout(budget, pool.acquire(units)).await
             }
             Patience::Accepted => {
                 let _place = self.join_queue(waiting);
                 Ok(pool.acquire(units).await)
             }
         };
+        waits.queued = true;
+        waits.total += started.elapsed();
         match waited {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(self.refusal(RefusalReason::Draining)),
@@ -572,10 +600,34 @@ impl Inner {
         }
     }
 
+    /// A place in the queue: checked against its bounds on a job's first
+    /// wait, given on the later ones.
+    fn take_place<'a>(
+        &'a self,
+        waiting: &'a AtomicUsize,
+        waits: &Waits,
+    ) -> Result<QueuePlace<'a>, Refusal> {
+        if waits.queued {
+            Ok(self.join_queue(waiting))
+        } else {
+            self.enter_queue(waiting)
+        }
+    }
+
     /// Waits for a place among the jobs probing `class`, while it is
     /// probed. The wait counts as a wait for memory: it is the memory the
     /// class might really use that is unknown.
-    async fn probe(&self, class: &str) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+    ///
+    /// While a class is probed nothing tells how long its jobs take or
+    /// how many fit, so the queue takes at most `gate.max_running`
+    /// waiters then: about as many as can start together once the first
+    /// job ends. The rest are refused at once, with a retry delay, rather
+    /// than let in and turned away later.
+    async fn probe(
+        &self,
+        class: &str,
+        waits: &mut Waits,
+    ) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
         if self.draining.load(Ordering::Acquire) {
             return Err(self.refusal(RefusalReason::Draining));
         }
@@ -588,9 +640,15 @@ impl Inner {
             Err(TryAcquireError::Closed) => return Ok(None),
             Err(TryAcquireError::NoPermits) => {}
         }
+        if self.queued.load(Ordering::Acquire) >= self.settings.max_running {
+            return Err(self.refusal(RefusalReason::QueueFull));
+        }
 
+        let started = Instant::now();
         let _place = self.enter_queue(&self.waiting_memory)?;
         let waited = tokio::time::timeout(self.settings.max_wait(), probe.acquire_owned()).await;
+        waits.queued = true;
+        waits.total += started.elapsed();
         match waited {
             Ok(Ok(permit)) => Ok(Some(permit)),
             Ok(Err(_)) => Ok(None),

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::{Completion, Inner, Need, Patience, Refusal, UNIT_BYTES};
+use super::{Completion, Inner, Need, Patience, Refusal, UNIT_BYTES, Waits};
 
 /// Memory held by one job, and a run slot once [`Reservation::run`] has
 /// returned. Dropping it returns both, on every path: success, error,
@@ -25,6 +25,9 @@ pub struct Reservation {
     reserved_at: Instant,
     run_started: Option<Instant>,
     peak: Option<u64>,
+    /// The job's waits so far: a job let into the queue once is not
+    /// turned away by the queue's bounds when it waits again.
+    waits: Waits,
     /// A place among the jobs probing a new class; dropped after `Drop`
     /// has marked the class known, so that waiters wake to a known class.
     _probe: Option<OwnedSemaphorePermit>,
@@ -37,6 +40,7 @@ impl Reservation {
         estimate: u64,
         units: u64,
         probe: Option<OwnedSemaphorePermit>,
+        waits: Waits,
     ) -> Self {
         gate.in_flight.fetch_add(1, Ordering::AcqRel);
         gate.admitted.fetch_add(1, Ordering::Relaxed);
@@ -48,6 +52,7 @@ impl Reservation {
             reserved_at: Instant::now(),
             run_started: None,
             peak: None,
+            waits,
             _probe: probe,
         }
     }
@@ -94,7 +99,7 @@ impl Reservation {
             // `extra` is at most `units`, which fits in a u32.
             let extra32 = u32::try_from(extra).expect("extra units fit in u32");
             self.gate
-                .wait(Need::Memory, extra32, Patience::Bounded)
+                .wait(Need::Memory, extra32, Patience::Bounded, &mut self.waits)
                 .await?;
             self.units += extra;
         }
@@ -120,7 +125,7 @@ impl Reservation {
     pub async fn grow_as(&mut self, class: &str, estimate: u64) -> Result<(), Refusal> {
         if self.class != class {
             self.class = class.to_owned();
-            self._probe = self.gate.probe(class).await?;
+            self._probe = self.gate.probe(class, &mut self.waits).await?;
         }
         self.grow(estimate).await?;
         self.estimate = estimate;
@@ -171,7 +176,9 @@ impl Reservation {
 
     async fn run_with(&mut self, patience: Patience) -> Result<(), Refusal> {
         if self.run_started.is_none() {
-            self.gate.wait(Need::RunSlot, 1, patience).await?;
+            self.gate
+                .wait(Need::RunSlot, 1, patience, &mut self.waits)
+                .await?;
             self.run_started = Some(Instant::now());
         }
         Ok(())
