@@ -472,3 +472,22 @@ async fn draining_finishes_jobs_in_flight_and_refuses_new_ones() {
     server.stopped().await;
     assert_eq!(server.gate.state().in_flight, 0);
 }
+
+#[tokio::test]
+async fn an_upload_refused_before_its_body_is_read_still_gets_its_refusal() {
+    let server = TestServer::start(config(|c| c.gate.max_queue = 0)).await;
+    let capacity = server.gate.state().capacity;
+    let _held = server.gate.reserve_bytes(capacity - MIB).await.unwrap();
+
+    // Far more than the sockets buffer: the client is still sending when
+    // the refusal is written.
+    let upload = vec![7u8; 32 * MIB as usize];
+    let answer = client()
+        .post(server.url("/v1/transcode"))
+        .body(upload)
+        .send()
+        .await
+        .expect("an answer, not a reset connection");
+    let body = problem(answer, 503).await;
+    assert_eq!(body["reason"], "queue_full");
+}

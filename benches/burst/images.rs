@@ -2,7 +2,8 @@
 //! megapixels, generated here and cached under the output directory.
 //!
 //! Sizes are heavy-tailed, as uploads are: each size is drawn with a
-//! weight of 1 / megapixels, so most images are small and a few are huge.
+//! weight of 1 / sqrt(megapixels), so most images are small and a few are
+//! huge (24 MP and more: about one image in nine).
 //! The content is smooth shapes with a fine grain, which compresses about
 //! as a photograph does (a quarter of a byte per pixel at quality 85),
 //! rather than noise, which would make the decoder's work unrealistically
@@ -49,7 +50,7 @@ pub fn draw(count: usize, max_mp: u32, seed: u64, cache: &Path) -> Result<Vec<Ph
             jpeg: load_or_make(mp, cache)?,
         });
     }
-    let weights: Vec<f64> = sizes.iter().map(|&mp| 1.0 / f64::from(mp)).collect();
+    let weights: Vec<f64> = sizes.iter().map(|&mp| 1.0 / f64::from(mp).sqrt()).collect();
     let mut random = SplitMix(seed);
     Ok((0..count)
         .map(|_| photos[pick(&weights, random.unit())].clone())

@@ -53,10 +53,14 @@ impl Kind {
         };
         match self {
             Self::Incident => base,
+            // A steady load near what 2 cores serve (7 jobs/s of 200 ms of
+            // CPU and 200 MiB), so that jobs overlap and the surge pushes a
+            // policy that does not watch memory towards the limit.
             Self::Surge => Settings {
-                requests: 160,
+                requests: 280,
                 seconds: 40.0,
-                mib: 100,
+                mib: 200,
+                cpu_ms: 200,
                 surge: Some(Surge {
                     mib: 600,
                     secs: 20.0,
@@ -64,9 +68,10 @@ impl Kind {
                 }),
                 ..base
             },
+            // A burst: about four times what 2 cores transcode per second.
             Self::MixedImages => Settings {
-                requests: 200,
-                seconds: 20.0,
+                requests: 400,
+                seconds: 4.0,
                 ..base
             },
         }
