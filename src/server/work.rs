@@ -81,6 +81,11 @@ pub async fn run<T: Send + 'static>(
         on_start,
     } = job;
     let queued_for = reservation.held_for();
+    // TODO: a job waiting here for its run slot already holds its whole
+    // estimate, so when CPU binds the reserved memory sits unused (the
+    // incident burst used 60% of the limit with capacity full). Holding
+    // only the input while waiting and growing once a slot is free would
+    // let memory bind only when memory is short.
     if background {
         reservation.run_accepted().await?;
     } else {
