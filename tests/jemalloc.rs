@@ -136,6 +136,7 @@ fn system_memory_purges_through_jemalloc() {
 
 #[test]
 fn c_allocations_of_libwebp_are_counted_too() {
+    let _guard = exclusive();
     // jemalloc is built to serve C's malloc as well: an encoder's buffers
     // show in the job's peak and in every heap signal.
     let (width, height) = (1000u32, 1000u32);
