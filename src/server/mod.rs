@@ -318,7 +318,8 @@ async fn drain(
             () = quiet => {}
             () = accept => {}
             () = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(running = app.gate.state().running, "grace period over with jobs running");
+                let running = app.gate.state().running;
+                tracing::warn!(running, "grace period over with jobs running");
             }
         }
     }
