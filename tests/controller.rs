@@ -61,18 +61,23 @@ impl MemorySource for Script {
 /// A controller under a 1000 MiB ceiling: high watermark 950 MiB, low
 /// watermark 850 MiB.
 fn controller(script: &Script) -> Controller<Script> {
+    controller_with(
+        script,
+        GateSettings {
+            probe_jobs: 0,
+            ..GateSettings::default()
+        },
+    )
+}
+
+/// As [`controller`], with a gate built from `gate`.
+fn controller_with(script: &Script, gate: GateSettings) -> Controller<Script> {
     let settings = CeilingSettings {
         ceiling_ratio: 1.0,
         ..CeilingSettings::default()
     };
     let ceiling = Ceiling::resolve(&settings, Some(1000 * MIB)).unwrap();
-    let gate = Gate::new(
-        GateSettings {
-            probe_jobs: 0,
-            ..GateSettings::default()
-        },
-        0,
-    );
+    let gate = Gate::new(gate, 0);
     Controller::new(ControllerSettings::default(), ceiling, gate, script.clone())
 }
 
@@ -237,21 +242,15 @@ async fn the_controller_task_ticks_until_shutdown() {
 /// A controller as [`controller`] builds it, for the admission `mode`,
 /// with room for 2 to 6 running jobs.
 fn controller_in(script: &Script, mode: AdmissionMode) -> Controller<Script> {
-    let settings = CeilingSettings {
-        ceiling_ratio: 1.0,
-        ..CeilingSettings::default()
-    };
-    let ceiling = Ceiling::resolve(&settings, Some(1000 * MIB)).unwrap();
-    let gate = Gate::new(
+    controller_with(
+        script,
         GateSettings {
             mode,
             min_running: 2,
             max_running: 6,
             ..GateSettings::default()
         },
-        0,
-    );
-    Controller::new(ControllerSettings::default(), ceiling, gate, script.clone())
+    )
 }
 
 #[tokio::test(start_paused = true)]
