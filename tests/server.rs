@@ -6,25 +6,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{MIB, TestServer, client, config};
+use support::{MIB, TestServer, client, config, problem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Checks that `response` is a problem with `status`, and returns its body.
-async fn problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(content_type, "application/problem+json");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status);
-    for key in ["type", "title", "detail"] {
-        assert!(body[key].is_string(), "problem without {key}: {body}");
-    }
-    body
-}
 
 #[tokio::test]
 async fn health_and_readiness_answer_while_serving() {

@@ -10,15 +10,7 @@ use image::{DynamicImage, ImageFormat};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::images;
-use support::{TestServer, client, config};
-
-/// Checks that `response` is a problem with `status`, and returns its body.
-async fn problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    let content_type = response.headers()["content-type"].to_str().unwrap();
-    assert_eq!(content_type, "application/problem+json");
-    response.json().await.unwrap()
-}
+use support::{TestServer, client, config, problem};
 
 async fn post(server: &TestServer, path: &str, body: Vec<u8>) -> reqwest::Response {
     client()

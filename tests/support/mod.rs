@@ -18,6 +18,7 @@ use memgate::gate::{Gate, GateState};
 use memgate::memory::{Ceiling, MemorySample, MemorySource};
 use memgate::server::{self, App};
 use memgate::telemetry::metrics::Metrics;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -150,4 +151,21 @@ pub fn client() -> reqwest::Client {
         .pool_max_idle_per_host(0)
         .build()
         .expect("client")
+}
+
+/// Checks that `response` is a problem with `status` (problem+json, with
+/// `type`, `title` and `detail`), and returns its body.
+pub async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    for key in ["type", "title", "detail"] {
+        assert!(body[key].is_string(), "problem without {key}: {body}");
+    }
+    body
 }
