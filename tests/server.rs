@@ -475,3 +475,34 @@ async fn an_upload_refused_before_its_body_is_read_still_gets_its_refusal() {
     let body = problem(answer, 503).await;
     assert_eq!(body["reason"], "queue_full");
 }
+
+#[tokio::test]
+async fn a_refusal_survives_a_client_that_reads_it_late() {
+    let server = TestServer::start(config(|c| c.gate.max_queue = 0)).await;
+    let capacity = server.gate.state().capacity;
+    let _held = server.gate.reserve_bytes(capacity - MIB).await.unwrap();
+
+    // The client declares 32 MiB, sends 4 of them, and reads only later,
+    // as a client on a loaded machine does: the unread bytes must not
+    // turn the server's close into a reset that discards the refusal.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/transcode HTTP/1.1\r\nhost: memgate\r\ncontent-length: {}\r\n\r\n",
+        32 * MIB
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(&vec![7u8; 4 * MIB as usize])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut answer = vec![0u8; 4096];
+    let read = stream
+        .read(&mut answer)
+        .await
+        .expect("the refusal, not a reset connection");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("queue_full"), "{answer}");
+}

@@ -27,6 +27,7 @@ use crate::controller::AdmissionState;
 use crate::gate::Gate;
 use crate::telemetry::metrics::Metrics;
 
+mod body;
 mod problem;
 mod routes;
 mod store;

@@ -25,6 +25,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::App;
+use super::body::RequestBody;
 use super::problem::ApiError;
 use super::store::{Output, Status};
 use super::upload::{self, Upload};
@@ -38,6 +39,8 @@ type Answer = Response<Full<Bytes>>;
 /// Answers one request, logging it and counting it.
 pub async fn handle(app: Arc<App>, request: Request<Incoming>, remote: SocketAddr) -> Answer {
     let started = Instant::now();
+    let linger_bytes = app.settings.max_body.as_u64();
+    let request = request.map(|body| RequestBody::new(body, linger_bytes));
     let method = request.method().clone();
     let url = request.uri().to_string();
     let user_agent = header_text(&request, header::USER_AGENT);
@@ -77,7 +80,7 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, remote: SocketAdd
 /// Picks the handler; returns the route's name for metrics and logs.
 async fn route(
     app: &Arc<App>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> (&'static str, Result<Answer, ApiError>) {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -109,7 +112,7 @@ async fn route(
 }
 
 /// `POST /v1/transcode`: the image back, transcoded.
-async fn transcode(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> {
+async fn transcode(app: &App, request: Request<RequestBody>) -> Result<Answer, ApiError> {
     let params = TranscodeParams::from_query(request.uri().query())?;
     let upload = admit_image(app, request, &params).await?;
 
@@ -133,7 +136,7 @@ async fn transcode(app: &App, request: Request<Incoming>) -> Result<Answer, ApiE
 }
 
 /// `POST /v1/jobs`: admitted now, worked on in the background.
-async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Result<Answer, ApiError> {
+async fn submit(app: &Arc<App>, request: Request<RequestBody>) -> Result<Answer, ApiError> {
     let params = TranscodeParams::from_query(request.uri().query())?;
     let upload = admit_image(app, request, &params).await?;
     let Some(id) = app.store.insert() else {
@@ -224,7 +227,7 @@ fn job_result(app: &App, id: &str) -> Result<Answer, ApiError> {
 }
 
 /// `POST /v1/synthetic`: reserve, allocate, touch, spend CPU, answer.
-async fn synthetic_job(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> {
+async fn synthetic_job(app: &App, request: Request<RequestBody>) -> Result<Answer, ApiError> {
     let params = synthetic::SyntheticParams::from_query(request.uri().query())?;
     let reservation = app
         .gate
@@ -239,7 +242,7 @@ async fn synthetic_job(app: &App, request: Request<Incoming>) -> Result<Answer, 
 /// reservation to the job's estimate.
 async fn admit_image(
     app: &App,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     params: &TranscodeParams,
 ) -> Result<Upload, ApiError> {
     let (parts, body) = request.into_parts();
@@ -325,7 +328,7 @@ fn bytes(status: StatusCode, content_type: &'static str, body: Bytes) -> Answer 
     answer
 }
 
-fn header_text(request: &Request<Incoming>, name: header::HeaderName) -> String {
+fn header_text(request: &Request<RequestBody>, name: header::HeaderName) -> String {
     request
         .headers()
         .get(name)
@@ -340,7 +343,7 @@ fn answer_size(answer: &Answer) -> u64 {
 }
 
 /// The trace and span ids of `X-Cloud-Trace-Context: TRACE_ID/SPAN_ID;o=1`.
-fn cloud_trace(request: &Request<Incoming>) -> (Option<String>, Option<String>) {
+fn cloud_trace(request: &Request<RequestBody>) -> (Option<String>, Option<String>) {
     let Some(value) = request
         .headers()
         .get("x-cloud-trace-context")

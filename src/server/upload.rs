@@ -9,9 +9,9 @@
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::ServerSettings;
+use super::body::RequestBody;
 use super::problem::ApiError;
 use crate::gate::{Gate, Reservation};
 
@@ -38,7 +38,7 @@ pub struct Upload {
 /// Dropping the future returns the reservation.
 pub async fn read(
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     gate: &Gate,
     settings: &ServerSettings,
 ) -> Result<Upload, ApiError> {
@@ -78,7 +78,7 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// Reads the body frame by frame into one buffer of at most `limit`
 /// bytes, so that memory never exceeds what was reserved (collecting
 /// frames and then joining them would hold the body twice).
-async fn collect(mut body: Incoming, limit: u64) -> Result<Bytes, ApiError> {
+async fn collect(mut body: RequestBody, limit: u64) -> Result<Bytes, ApiError> {
     // The whole limit is reserved already; allocating it at once avoids
     // the doubling growth that would briefly hold more than that.
     let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
