@@ -220,6 +220,30 @@ async fn the_synthetic_job_reserves_touches_and_answers() {
 }
 
 #[tokio::test]
+async fn jobs_run_at_the_configured_nice_value() {
+    // 7 is not the default, so that another test's server in this process
+    // cannot account for it.
+    let server = TestServer::start(config(|c| c.server.job_nice = 7)).await;
+    let response = client()
+        .post(server.url("/v1/synthetic?mib=1&cpu_ms=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // The blocking thread that ran the job idles on, with its nice value.
+    let nice_values: Vec<i64> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let fields = stat.rsplit_once(')')?.1;
+            fields.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect();
+    assert!(nice_values.contains(&7), "{nice_values:?}");
+}
+
+#[tokio::test]
 async fn bad_parameters_are_400_naming_the_parameter() {
     let server = TestServer::start(config(|_| {})).await;
     let http = client();

@@ -74,6 +74,9 @@ struct Cli {
     /// CPU ms per synthetic job.
     #[arg(long)]
     cpu_ms: Option<u64>,
+    /// Wait per synthetic job with its memory held, in ms (storage I/O).
+    #[arg(long)]
+    io_ms: Option<u64>,
     /// Retries of a refusal with Retry-After.
     #[arg(long)]
     retries: Option<u32>,
@@ -252,6 +255,7 @@ fn settings(cli: &Cli) -> workload::Settings {
     s.seconds = cli.seconds.unwrap_or(s.seconds);
     s.mib = cli.mib.unwrap_or(s.mib);
     s.cpu_ms = cli.cpu_ms.unwrap_or(s.cpu_ms);
+    s.io_ms = cli.io_ms.unwrap_or(s.io_ms);
     s.retries = cli.retries.unwrap_or(s.retries);
     s.max_mp = cli.max_mp.unwrap_or(s.max_mp);
     s.seed = cli.seed.unwrap_or(s.seed);

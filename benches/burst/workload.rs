@@ -46,6 +46,7 @@ impl Kind {
             seconds: 10.0,
             mib: 150,
             cpu_ms: 250,
+            io_ms: 0,
             retries: 5,
             surge: None,
             max_mp: 40,
@@ -102,6 +103,9 @@ pub struct Settings {
     pub mib: u64,
     /// CPU time per synthetic job, in ms.
     pub cpu_ms: u64,
+    /// Time per synthetic job spent waiting with its memory held, in ms:
+    /// the storage I/O of a real job.
+    pub io_ms: u64,
     /// Retries of a refusal that carries `Retry-After`.
     pub retries: u32,
     /// Memory taken by another process meanwhile.
@@ -123,7 +127,10 @@ impl Settings {
         let jobs = match self.workload {
             Kind::Incident | Kind::Surge => {
                 let job = Job {
-                    target: format!("/v1/synthetic?mib={}&cpu_ms={}", self.mib, self.cpu_ms),
+                    target: format!(
+                        "/v1/synthetic?mib={}&cpu_ms={}&io_ms={}",
+                        self.mib, self.cpu_ms, self.io_ms
+                    ),
                     body: None,
                     input: format!("{}MiB", self.mib),
                 };

@@ -3,10 +3,11 @@
 //! images.
 //!
 //! It allocates `mib` MiB and writes every page of it, so that the memory
-//! is really resident, then spends about `cpu_ms` ms of the thread's own
-//! CPU time reading that buffer. CPU time, not wall time: when more jobs
-//! run than there are cores, each job takes longer, as real CPU-bound
-//! work does.
+//! is really resident, waits `io_ms` ms with it held, as a job reading its
+//! input from object storage or writing its output does, then spends about
+//! `cpu_ms` ms of the thread's own CPU time reading that buffer. CPU time,
+//! not wall time: when more jobs run than there are cores, each job takes
+//! longer, as real CPU-bound work does.
 
 use std::time::Duration;
 
@@ -35,24 +36,28 @@ pub struct SyntheticParams {
     pub mib: u64,
     /// CPU time to spend over the buffer. Milliseconds, 0 to 600,000.
     pub cpu_ms: u64,
+    /// Time to wait with the memory held, using no CPU. Milliseconds, 0 to
+    /// 600,000.
+    pub io_ms: u64,
     /// Panic once the memory is allocated, to test that a panicking job
     /// returns its reservation and leaves the server serving.
     pub panic: bool,
 }
 
 impl SyntheticParams {
-    /// Reads `mib` (default 0), `cpu_ms` (default 0) and `panic` (default
-    /// false) from a query string.
+    /// Reads `mib`, `cpu_ms`, `io_ms` (each 0 by default) and `panic`
+    /// (default false) from a query string.
     ///
     /// # Errors
     ///
     /// A [`ParamError`] naming a parameter that is unknown, repeated,
     /// malformed or out of range.
     pub fn from_query(query: Option<&str>) -> Result<Self, ParamError> {
-        let query = Query::parse(query, &["mib", "cpu_ms", "panic"])?;
+        let query = Query::parse(query, &["mib", "cpu_ms", "io_ms", "panic"])?;
         Ok(Self {
             mib: query.number("mib", 0..=1 << 20)?.unwrap_or(0),
             cpu_ms: query.number("cpu_ms", 0..=600_000)?.unwrap_or(0),
+            io_ms: query.number("io_ms", 0..=600_000)?.unwrap_or(0),
             panic: query.flag("panic")?.unwrap_or(false),
         })
     }
@@ -71,6 +76,8 @@ pub struct SyntheticReport {
     pub mib: u64,
     /// CPU time asked for, in milliseconds.
     pub cpu_ms: u64,
+    /// Time spent waiting with the memory held, in milliseconds.
+    pub io_ms: u64,
     /// CPU time the thread really spent, in milliseconds.
     pub cpu_used_ms: u64,
     /// A sum over the buffer, so that the work cannot be optimised away.
@@ -82,7 +89,7 @@ pub struct SyntheticReport {
 /// # Errors
 ///
 /// [`JobError::Cancelled`] when `cancel` is raised; the job checks it
-/// after every MiB written or read.
+/// after every MiB written or read and every 10 ms of waiting.
 ///
 /// # Panics
 ///
@@ -92,17 +99,31 @@ pub fn run(params: &SyntheticParams, cancel: &Cancel) -> Result<SyntheticReport,
     let buffer = touch(params.mib, cancel)?;
     assert!(!params.panic, "the synthetic job was asked to panic");
 
+    wait(Duration::from_millis(params.io_ms), cancel)?;
+
     let budget = Duration::from_millis(params.cpu_ms);
-    let mut checksum = 0u64;
-    while clock.elapsed() < budget {
-        checksum = checksum.wrapping_add(sum_pass(&buffer, cancel)?);
-    }
+    let checksum = spend(&buffer, budget, &clock, cancel)?;
     Ok(SyntheticReport {
         mib: params.mib,
         cpu_ms: params.cpu_ms,
+        io_ms: params.io_ms,
         cpu_used_ms: clock.elapsed().as_millis() as u64,
         checksum,
     })
+}
+
+/// Sleeps for `time`, checking `cancel` every 10 ms.
+fn wait(time: Duration, cancel: &Cancel) -> Result<(), JobError> {
+    const SLICE: Duration = Duration::from_millis(10);
+
+    let mut left = time;
+    while !left.is_zero() {
+        let slice = left.min(SLICE);
+        std::thread::sleep(slice);
+        left -= slice;
+        cancel.check()?;
+    }
+    Ok(())
 }
 
 /// Allocates `mib` MiB and writes every byte, so that every page is
@@ -121,9 +142,16 @@ fn touch(mib: u64, cancel: &Cancel) -> Result<Vec<u8>, JobError> {
     Ok(buffer)
 }
 
-/// One pass over the buffer (or over a small block when it is empty),
-/// checking `cancel` after each chunk. Returns a sum of the bytes read.
-fn sum_pass(buffer: &[u8], cancel: &Cancel) -> Result<u64, JobError> {
+/// Reads the buffer (or a small block when it is empty) chunk after
+/// chunk, round and round, until `clock` has passed `budget`. The clock
+/// is read after every chunk, not every pass: a pass over a large buffer
+/// takes longer than many budgets. Returns a sum of the bytes read.
+fn spend(
+    buffer: &[u8],
+    budget: Duration,
+    clock: &ThreadClock,
+    cancel: &Cancel,
+) -> Result<u64, JobError> {
     static EMPTY: [u8; CHUNK_BYTES / 16] = [1; CHUNK_BYTES / 16];
     let data = if buffer.is_empty() {
         &EMPTY[..]
@@ -132,7 +160,11 @@ fn sum_pass(buffer: &[u8], cancel: &Cancel) -> Result<u64, JobError> {
     };
 
     let mut sum = 0u64;
-    for chunk in data.chunks(CHUNK_BYTES) {
+    let mut chunks = data.chunks(CHUNK_BYTES).cycle();
+    while clock.elapsed() < budget {
+        let Some(chunk) = chunks.next() else {
+            break;
+        };
         let part = chunk.iter().fold(0u64, |acc, &b| {
             acc.wrapping_mul(31).wrapping_add(u64::from(b))
         });
@@ -191,6 +223,7 @@ mod tests {
             SyntheticParams {
                 mib: 0,
                 cpu_ms: 0,
+                io_ms: 0,
                 panic: false
             }
         );
@@ -211,6 +244,23 @@ mod tests {
         assert_eq!(report.mib, 3);
         assert!(report.cpu_used_ms >= 30, "{report:?}");
         assert!(estimate(&params) >= 3 * MIB);
+    }
+
+    #[test]
+    fn the_job_waits_with_its_memory_held() {
+        let params = SyntheticParams::from_query(Some("mib=1&io_ms=40")).unwrap();
+        let started = std::time::Instant::now();
+        let report = run(&params, &Cancel::new()).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        assert_eq!(report.io_ms, 40);
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_waiting() {
+        let params = SyntheticParams::from_query(Some("io_ms=600000")).unwrap();
+        let cancel = Cancel::new();
+        cancel.cancel();
+        assert!(matches!(run(&params, &cancel), Err(JobError::Cancelled)));
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub struct ServerSettings {
     /// Longest a job may work before the answer is 504 and the job is
     /// cancelled at its next stage. Milliseconds, 1 to 3,600,000.
     pub job_timeout_ms: u64,
+    /// Nice value of the threads that run jobs, 0 to 19 (Linux). Above
+    /// the server's own threads' 0, so that accepting connections,
+    /// refusing and answering stay quick while jobs take every core; 0
+    /// leaves jobs at the server's priority.
+    pub job_nice: u8,
     /// Time jobs in flight get to finish after SIGTERM. Milliseconds, 0 to
     /// 600,000; Cloud Run kills 10 s after SIGTERM, hence 8 s.
     pub grace_period_ms: u64,
@@ -94,6 +99,7 @@ impl Default for ServerSettings {
             max_body: ByteSize::mib(64),
             max_chunked_body: ByteSize::mib(16),
             job_timeout_ms: 60_000,
+            job_nice: 10,
             grace_period_ms: 8_000,
             refusal_status: 503,
             synthetic: true,
@@ -122,6 +128,7 @@ impl ServerSettings {
         )?;
         range("body_timeout_ms", self.body_timeout_ms, 100, 3_600_000)?;
         range("job_timeout_ms", self.job_timeout_ms, 1, 3_600_000)?;
+        range("job_nice", u64::from(self.job_nice), 0, 19)?;
         range("grace_period_ms", self.grace_period_ms, 0, 600_000)?;
         range("result_ttl_ms", self.result_ttl_ms, 1_000, 86_400_000)?;
         range("max_async_jobs", self.max_async_jobs as u64, 1, 1_000_000)?;

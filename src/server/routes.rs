@@ -265,6 +265,7 @@ fn options<'a>(
 ) -> JobOptions<'a> {
     JobOptions {
         deadline: app.settings.job_timeout(),
+        nice: app.settings.job_nice,
         background,
         held_bytes,
         metrics: &app.metrics,

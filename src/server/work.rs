@@ -37,6 +37,8 @@ impl Drop for CancelOnDrop {
 pub struct JobOptions<'a> {
     /// Longest the work may take.
     pub deadline: Duration,
+    /// Nice value of the thread the work runs on, 0 to 19.
+    pub nice: u8,
     /// Whether the job is asynchronous, answered 202 already: it waits for
     /// its run slot past the queue's bounds (it was accepted), and its
     /// reservation comes back with the output, to cover the stored result.
@@ -75,6 +77,7 @@ pub async fn run<T: Send + 'static>(
 ) -> Result<Finished<T>, ApiError> {
     let JobOptions {
         deadline,
+        nice,
         background,
         held_bytes,
         metrics,
@@ -99,6 +102,7 @@ pub async fn run<T: Send + 'static>(
     let mut guard = CancelOnDrop(Some(cancel.clone()));
     let started = Instant::now();
     let handle = tokio::task::spawn_blocking(move || {
+        lower_priority(nice);
         let (output, peak) = measure_peak(|| work(&cancel));
         let peak = peak.map(|peak| peak + held_bytes);
         if let Some(peak) = peak {
@@ -149,4 +153,30 @@ pub async fn run<T: Send + 'static>(
         output: output?,
         kept,
     })
+}
+
+/// Sets the calling thread's nice value to `nice`, once per thread: a
+/// blocking-pool thread keeps it for every job it runs after. Raising a
+/// nice value needs no privilege; failing to is only logged, as the job
+/// still runs, at the server's priority.
+fn lower_priority(nice: u8) {
+    thread_local! {
+        static NICE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+    }
+    if nice == 0 || NICE.get() == nice {
+        return;
+    }
+    NICE.set(nice);
+
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux the nice value is per thread, and `who = 0` names the
+        // calling thread, not the whole process.
+        // SAFETY: setpriority takes plain integers and touches no memory.
+        let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, i32::from(nice)) };
+        if set != 0 {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(nice, %error, "job thread priority not lowered");
+        }
+    }
 }
