@@ -146,7 +146,7 @@ impl Default for GateSettings {
             max_queue: 64,
             max_wait_ms: 10_000,
             min_running: 1,
-            max_running: 8,
+            max_running: 32,
             probe_jobs: 2,
         }
     }

@@ -416,7 +416,7 @@ mod tests {
         assert_value(&text, "memgate_pressure", 1.0);
         assert_value(&text, "memgate_in_flight", 1.0);
         assert_value(&text, "memgate_running", 0.0);
-        assert_value(&text, "memgate_running_limit", 8.0);
+        assert_value(&text, "memgate_running_limit", 32.0);
         assert_value(&text, r#"memgate_binding{limit="none"}"#, 1.0);
         assert_value(&text, r#"memgate_binding{limit="memory"}"#, 0.0);
         assert_value(&text, "memgate_draining", 0.0);
