@@ -261,7 +261,47 @@ pub fn table(report: &Report<'_>) -> String {
     for run in report.runs {
         out += &notes(run);
     }
+    out += &verdict(report.runs);
     out
+}
+
+/// Highest peak, as a share of the limit, at which a run counts as safe:
+/// the bar `adaptive` is held to. A pool that survives at 97% of its limit
+/// survives nothing else taking memory.
+const SAFE_PEAK: f64 = 0.92;
+
+fn is_safe(run: &ModeRun) -> bool {
+    run.oom_kills == 0
+        && run.server_died.is_none()
+        && run.peak() as f64 <= SAFE_PEAK * run.limit as f64
+}
+
+/// `adaptive` against the best safe `fixed` run, when both ran: the
+/// figures the benchmark is held to.
+fn verdict(runs: &[ModeRun]) -> String {
+    let adaptive = runs.iter().find(|r| r.mode.gate_mode == "adaptive");
+    let fixed = runs
+        .iter()
+        .filter(|r| r.mode.gate_mode == "fixed" && is_safe(r))
+        .max_by(|a, b| a.summary.goodput.total_cmp(&b.summary.goodput));
+    let (Some(adaptive), Some(fixed)) = (adaptive, fixed) else {
+        return String::new();
+    };
+    let (a, f) = (&adaptive.summary, &fixed.summary);
+    format!(
+        "\nSafe: no OOM kill and a peak at or under {:.0}% of the limit. \
+         Best safe fixed pool: {} ({:.2} jobs/s, p99 {} ms). adaptive: \
+         {}safe, goodput {:.2}x the best safe pool's, p99 {} ms, slowest \
+         refusal {} ms.\n",
+        SAFE_PEAK * 100.0,
+        fixed.mode.label,
+        f.goodput,
+        ms(f.served.p99),
+        if is_safe(adaptive) { "" } else { "not " },
+        a.goodput / f.goodput,
+        ms(a.served.p99),
+        ms(a.max_refusal_ms),
+    )
 }
 
 fn ms(value: Option<f64>) -> String {

@@ -72,6 +72,12 @@ const MAX_PENDING_COMPLETIONS: usize = 4096;
 /// retry delays: about the last ten jobs count.
 const SERVICE_TIME_WEIGHT: f64 = 0.1;
 
+/// Share of `gate.max_wait_ms` a job's predicted wait may take for it to
+/// be let into the queue. The prediction is an average: a job predicted to
+/// wait just under the bound is as likely as not to wait past it, and to
+/// be refused then, after the whole wait, instead of at once.
+const QUEUE_WAIT_SHARE: f64 = 0.75;
+
 /// The bounds on a suggested retry delay. Clients such as Cloud Tasks
 /// honour `Retry-After` as given; a minute is long enough for a queue to
 /// drain and short enough not to strand work.
@@ -658,11 +664,12 @@ impl Inner {
 
     /// Takes a place in the queue, or refuses when it is full: when it
     /// holds `gate.max_queue` jobs, or more work than can be served within
-    /// `gate.max_wait_ms`. A job that would time out anyway is refused now,
-    /// so that its client hears it at once instead of after the whole wait.
+    /// [`QUEUE_WAIT_SHARE`] of `gate.max_wait_ms`. A job that would likely
+    /// time out is refused now, so that its client hears it at once instead
+    /// of after the whole wait.
     fn enter_queue<'a>(&'a self, waiting: &'a AtomicUsize) -> Result<QueuePlace<'a>, Refusal> {
         let max = self.settings.max_queue;
-        let max_wait = self.settings.max_wait();
+        let max_wait = self.settings.max_wait().mul_f64(QUEUE_WAIT_SHARE);
         let taken = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
