@@ -442,8 +442,10 @@ async fn retry_delay_grows_with_the_queue_and_service_time() {
         // Long enough that the queue's length, not its predicted wait,
         // is what refuses.
         max_wait_ms: 60_000,
-        min_running: 1,
-        max_running: 1,
+        // Four run slots, but memory for one job at a time: the delay
+        // follows the jobs really running, not the slots.
+        min_running: 4,
+        max_running: 4,
         ..settings()
     };
     let gate = Gate::new(settings, 100 * MIB);

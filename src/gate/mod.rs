@@ -729,15 +729,15 @@ impl Inner {
     }
 
     /// How long until the queue ahead of a new job has likely drained: the
-    /// jobs waiting plus one, served `running_limit` at a time, each taking
-    /// the average service time.
+    /// jobs waiting plus one, served as many at a time as are running now,
+    /// each taking the average service time. Running jobs, not the running
+    /// limit: when memory binds, fewer run than the limit allows, and a
+    /// delay from the limit sends clients back before there is room.
     fn retry_after(&self) -> Duration {
-        let Some(average) = self.service().average else {
+        let queued = self.queued.load(Ordering::Acquire);
+        let Some(drain) = self.predicted_wait(queued) else {
             return MIN_RETRY_AFTER;
         };
-        let queued = self.queued.load(Ordering::Acquire) as u32 + 1;
-        let slots = self.running.snapshot().capacity.max(1) as u32;
-        let drain = average.saturating_mul(queued) / slots;
 
         let whole_seconds = Duration::from_secs(drain.as_secs() + 1);
         whole_seconds.clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
