@@ -17,7 +17,8 @@ use crate::images;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
-    /// 500 synthetic jobs of 150 MiB within 10 s: the incident that
+    /// 500 synthetic jobs of 150 MiB within 10 s, each 150 ms of CPU and
+    /// 1 s of storage I/O with its memory held: the incident that
     /// OOM-kills one task per request.
     Incident,
     /// A steady 4 jobs/s of 100 MiB for 40 s while another process in the
@@ -53,7 +54,14 @@ impl Kind {
             seed: 1,
         };
         match self {
-            Self::Incident => base,
+            // Memory binds before CPU: a job holds its 150 MiB for about
+            // 1.2 s but uses a core for 150 ms of it, as a job that reads
+            // its input from storage and writes its output back does.
+            Self::Incident => Settings {
+                cpu_ms: 150,
+                io_ms: 1000,
+                ..base
+            },
             // A steady load near what 2 cores serve (7 jobs/s of 200 ms of
             // CPU and 200 MiB), so that jobs overlap and the surge pushes a
             // policy that does not watch memory towards the limit.
