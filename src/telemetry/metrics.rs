@@ -664,7 +664,10 @@ mod tests {
         );
         assert_value(
             &text,
-            r#"memgate_http_request_duration_seconds_bucket{route="transcode",status="503",le="0.005"}"#,
+            concat!(
+                "memgate_http_request_duration_seconds_bucket",
+                r#"{route="transcode",status="503",le="0.005"}"#
+            ),
             1.0,
         );
         assert_value(
