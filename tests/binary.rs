@@ -64,7 +64,7 @@ fn the_config_subcommand_prints_the_effective_configuration() {
     let printed: toml::Table = String::from_utf8_lossy(&output.stdout).parse().unwrap();
     assert_eq!(printed["gate"]["max_queue"].as_integer(), Some(7));
     assert_eq!(printed["server"]["port"].as_integer(), Some(9090));
-    assert_eq!(printed["memory"]["ceiling_ratio"].as_float(), Some(0.9));
+    assert_eq!(printed["memory"]["ceiling_ratio"].as_float(), Some(0.92));
 }
 
 /// The binary serving on a free loopback port, with its log lines.

@@ -78,7 +78,14 @@ fn controller_with(script: &Script, gate: GateSettings) -> Controller<Script> {
     };
     let ceiling = Ceiling::resolve(&settings, Some(1000 * MIB)).unwrap();
     let gate = Gate::new(gate, 0);
-    Controller::new(ControllerSettings::default(), ceiling, gate, script.clone())
+    // Watermarks pinned, so that the figures below do not follow the
+    // defaults: high 950 MiB, low 850 MiB.
+    let settings = ControllerSettings {
+        high_watermark: 0.95,
+        low_watermark: 0.85,
+        ..ControllerSettings::default()
+    };
+    Controller::new(settings, ceiling, gate, script.clone())
 }
 
 #[tokio::test(start_paused = true)]

@@ -304,8 +304,14 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// A law under a 1000 MiB ceiling, high watermark 950 MiB, low 850.
     fn law() -> CapacityLaw {
-        CapacityLaw::new(&ControllerSettings::default(), 1000 * MIB)
+        let settings = ControllerSettings {
+            high_watermark: 0.95,
+            low_watermark: 0.85,
+            ..ControllerSettings::default()
+        };
+        CapacityLaw::new(&settings, 1000 * MIB)
     }
 
     fn inputs(now: Instant, working_set: u64, reserved: u64, capacity: u64) -> Inputs {

@@ -58,7 +58,7 @@ impl Default for ControllerSettings {
     fn default() -> Self {
         Self {
             tick_ms: 50,
-            high_watermark: 0.95,
+            high_watermark: 0.97,
             low_watermark: 0.85,
             shrink_gain: 1.0,
             grow_step: 0.05,

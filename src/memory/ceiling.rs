@@ -20,10 +20,10 @@ use thiserror::Error;
 /// ```
 /// use memgate::memory::{Ceiling, CeilingSettings, CeilingSource};
 ///
-/// // A 2 GiB container with the default ratio of 0.9.
+/// // A 2 GiB container with the default ratio of 0.92.
 /// let ceiling = Ceiling::resolve(&CeilingSettings::default(), Some(2 << 30))?;
 /// assert_eq!(ceiling.source, CeilingSource::RatioOfContainerLimit);
-/// assert_eq!(ceiling.bytes, 1_932_735_283);
+/// assert_eq!(ceiling.bytes, 1_975_684_956);
 /// # Ok::<(), memgate::memory::CeilingError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -40,7 +40,7 @@ pub struct CeilingSettings {
     pub ceiling: Option<ByteSize>,
 
     /// Ceiling as a fraction of the container limit, used when `ceiling` is
-    /// unset. Range: above 0, at most 1. Default: 0.9, which leaves room
+    /// unset. Range: above 0, at most 1. Default: 0.92, which leaves room
     /// for the kernel's own charges (page tables, socket buffers) and for
     /// the growth between two samples, 50 ms apart.
     pub ceiling_ratio: f64,
@@ -130,7 +130,7 @@ pub enum LimitKind {
 }
 
 /// The default `memory.ceiling_ratio`.
-const DEFAULT_RATIO: f64 = 0.9;
+const DEFAULT_RATIO: f64 = 0.92;
 
 /// The default `memory.fallback_limit`: the smallest Cloud Run instance that
 /// comfortably fits the heavy media jobs this service runs.
@@ -308,7 +308,7 @@ mod tests {
     fn defaults_are_ninety_percent_of_the_limit_and_a_two_gib_fallback() {
         let settings = CeilingSettings::default();
         assert_eq!(settings.ceiling, None);
-        assert_eq!(settings.ceiling_ratio, 0.9);
+        assert_eq!(settings.ceiling_ratio, 0.92);
         assert_eq!(settings.fallback_limit, ByteSize::gib(2));
     }
 

@@ -349,7 +349,11 @@ mod tests {
             },
             0,
         );
-        Controller::new(ControllerSettings::default(), ceiling, gate, script.clone())
+        let settings = ControllerSettings {
+            high_watermark: 0.95,
+            ..ControllerSettings::default()
+        };
+        Controller::new(settings, ceiling, gate, script.clone())
     }
 
     /// The value of the one series written exactly as `series`.

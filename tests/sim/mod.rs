@@ -143,7 +143,7 @@ pub struct Expect {
 }
 
 fn default_ratio() -> f64 {
-    0.9
+    0.92
 }
 fn yes() -> bool {
     true
