@@ -706,3 +706,22 @@ async fn while_a_class_is_probed_only_max_running_jobs_wait_for_it() {
     assert_eq!(refusal.reason, RefusalReason::QueueFull);
     assert_eq!(asked.elapsed(), Duration::ZERO, "refused at once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_before_any_job_ended_waits_as_long_as_the_queue_would() {
+    let settings = GateSettings {
+        max_queue: 1,
+        max_wait_ms: 10_000,
+        ..settings()
+    };
+    let gate = Gate::new(settings, 100 * MIB);
+    let _running = gate.admit("synthetic", 100 * MIB).await.unwrap();
+    let waiter = gate.clone();
+    tokio::spawn(async move { waiter.reserve("synthetic", 100 * MIB).await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    let refused = gate.reserve("synthetic", MIB).await.unwrap_err();
+    assert_eq!(refused.reason, RefusalReason::QueueFull);
+    // Three quarters of max_wait, rounded up to whole seconds.
+    assert_eq!(refused.retry_after, Some(Duration::from_secs(8)));
+}

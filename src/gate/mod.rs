@@ -733,11 +733,17 @@ impl Inner {
     /// each taking the average service time. Running jobs, not the running
     /// limit: when memory binds, fewer run than the limit allows, and a
     /// delay from the limit sends clients back before there is room.
+    ///
+    /// Before any job has finished the drain cannot be predicted, and the
+    /// queue is full all the same: the delay is then the longest wait the
+    /// queue accepts, so that a cold start's first refusals come back
+    /// once jobs have ended instead of within a second, to a queue that is
+    /// still full.
     fn retry_after(&self) -> Duration {
         let queued = self.queued.load(Ordering::Acquire);
-        let Some(drain) = self.predicted_wait(queued) else {
-            return MIN_RETRY_AFTER;
-        };
+        let drain = self
+            .predicted_wait(queued)
+            .unwrap_or_else(|| self.settings.max_wait().mul_f64(QUEUE_WAIT_SHARE));
 
         let whole_seconds = Duration::from_secs(drain.as_secs() + 1);
         whole_seconds.clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
