@@ -15,7 +15,7 @@ use crate::cgroup::Cgroup;
 use crate::driver::{self, Job, Plan, Record};
 use crate::process::{Exit, Process};
 use crate::report::{Ended, ModeRun, Summary};
-use crate::sampler::{self, Series};
+use crate::sampler::{self, Series, ServerRefusals};
 use crate::workload::{Mode, Settings, Surge};
 
 /// Longest wait for `/readyz` after the start.
@@ -206,6 +206,7 @@ struct Observed {
     records: Vec<Record>,
     series: Series,
     holder: Result<Option<Process>, String>,
+    server_refusals: Option<ServerRefusals>,
 }
 
 /// The burst, then the server and the surge holder stopped, and every
@@ -245,6 +246,7 @@ async fn measure(
         sampled_peak,
         sampled_peak_working_set,
         summary: Summary::of(&observed.records),
+        server_refusals: observed.server_refusals,
         series: observed.series,
         requests: observed.records,
     })
@@ -268,23 +270,26 @@ async fn observe(
     };
     let stop = CancellationToken::new();
     let t0 = Instant::now();
+    let sampling = Client::new();
+    let metrics_url = format!("{base}/metrics");
     let burst = async {
         let records = driver::run(client, base.to_owned(), plan, t0).await;
         tokio::time::sleep(TAIL).await;
+        let refusals = sampler::server_refusals(&sampling, &metrics_url).await;
         stop.cancel();
-        records
+        (records, refusals)
     };
-    let sampling = Client::new();
     let limit = ctx.deadline + TAIL * 2;
     let samples = sampler::sample(cgroup, &sampling, base, t0, &stop, limit);
     let holder_log = log.with_extension("holder.log");
     let surge = surge(ctx, cgroup, t0, &holder_log, &stop);
-    let (records, series, holder) = tokio::join!(burst, samples, surge);
+    let ((records, server_refusals), series, holder) = tokio::join!(burst, samples, surge);
     Ok(Observed {
         t0,
         records,
         series,
         holder,
+        server_refusals,
     })
 }
 
@@ -305,7 +310,13 @@ async fn surge(
     log: &Path,
     stop: &CancellationToken,
 ) -> Result<Option<Process>, String> {
-    let Some(Surge { mib, secs, at_secs }) = ctx.settings.surge else {
+    let Some(Surge {
+        mib,
+        secs,
+        at_secs,
+        ramp_secs,
+    }) = ctx.settings.surge
+    else {
         return Ok(None);
     };
     let at = t0 + Duration::from_secs_f64(at_secs);
@@ -320,10 +331,12 @@ async fn surge(
         &mib.to_string(),
         "--hold-secs",
         &secs.to_string(),
+        "--hold-ramp-secs",
+        &ramp_secs.to_string(),
     ]);
     let holder = Process::spawn(command, log)?;
     // Touching fresh pages runs near 340 MB/s here: allow for it.
-    let bound = Duration::from_secs_f64(secs + mib as f64 / 100.0 + 5.0);
+    let bound = Duration::from_secs_f64(ramp_secs + secs + mib as f64 / 100.0 + 5.0);
     tokio::select! {
         () = stop.cancelled() => {}
         _ = holder.wait_for(bound) => {}

@@ -92,6 +92,9 @@ struct Cli {
     /// Seconds after the start it begins.
     #[arg(long)]
     surge_at: Option<f64>,
+    /// Seconds it takes to touch its memory; 0 touches it all at once.
+    #[arg(long)]
+    surge_ramp: Option<f64>,
     /// Largest image, in megapixels (mixed-images).
     #[arg(long)]
     max_mp: Option<u32>,
@@ -117,12 +120,15 @@ struct Cli {
     /// Seconds to hold them.
     #[arg(long, hide = true, default_value_t = 0.0)]
     hold_secs: f64,
+    /// Seconds to take to touch them.
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    hold_ramp_secs: f64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(mib) = cli.hold_mib {
-        process::hold(mib, cli.hold_secs);
+        process::hold(mib, cli.hold_secs, cli.hold_ramp_secs);
         return ExitCode::SUCCESS;
     }
     // `cargo test --benches` runs bench targets without `--bench`: no
@@ -264,11 +270,13 @@ fn settings(cli: &Cli) -> workload::Settings {
             mib: 600,
             secs: 20.0,
             at_secs: 10.0,
+            ramp_secs: 0.0,
         });
         s.surge = Some(Surge {
             mib: cli.surge_mib.unwrap_or(base.mib),
             secs: cli.surge_secs.unwrap_or(base.secs),
             at_secs: cli.surge_at.unwrap_or(base.at_secs),
+            ramp_secs: cli.surge_ramp.unwrap_or(base.ramp_secs),
         });
     }
     s

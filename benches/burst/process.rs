@@ -157,13 +157,20 @@ pub fn millis_between(t0: Instant, t: Instant) -> f64 {
 }
 
 /// The `--hold-mib` mode of this binary: takes `mib` MiB, writes every
-/// page so that it is really charged, holds it for `secs` seconds, and
-/// exits. Run inside the cgroup, it is the surge from another process.
-pub fn hold(mib: u64, secs: f64) {
+/// page so that it is really charged, evenly over `ramp_secs` seconds (at
+/// once when 0), holds it for `secs` seconds, and exits. Run inside the
+/// cgroup, it is the surge from another process.
+pub fn hold(mib: u64, secs: f64, ramp_secs: f64) {
     let bytes = usize::try_from(mib << 20).expect("the size fits in memory");
     let mut buffer = vec![0u8; bytes];
-    for page in buffer.chunks_mut(4096) {
-        page[0] = 1;
+    let started = std::time::Instant::now();
+    let chunks = buffer.len().div_ceil(1 << 20).max(1);
+    for (i, chunk) in buffer.chunks_mut(1 << 20).enumerate() {
+        for page in chunk.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        let due = Duration::from_secs_f64(ramp_secs.max(0.0) * (i + 1) as f64 / chunks as f64);
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
     }
     std::hint::black_box(&buffer);
     std::thread::sleep(Duration::from_secs_f64(secs.max(0.0)));

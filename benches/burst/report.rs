@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::driver::Record;
-use crate::sampler::{GatePoint, Series};
+use crate::sampler::{GatePoint, Series, ServerRefusals};
 use crate::workload::{Mode, Settings};
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -64,6 +64,8 @@ pub struct ModeRun {
     pub sampled_peak_working_set: u64,
     /// The figures of the burst.
     pub summary: Summary,
+    /// Refusals as the server timed them, when it could still be asked.
+    pub server_refusals: Option<ServerRefusals>,
     /// Memory and gate over time.
     pub series: Series,
     /// Every request.
@@ -239,12 +241,13 @@ pub fn table(report: &Report<'_>) -> String {
     let mut out = String::from(
         "| mode | peak MiB | peak % of limit | OOM kills | success % | p50 ms | \
          p99 ms (served) | goodput jobs/s | refused (Retry-After) | max refusal ms | \
-         connection errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+         refusals in 10 ms (server) | connection errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for run in report.runs {
         let s = &run.summary;
         out += &format!(
-            "| {} | {:.0} | {:.1} | {} | {:.1} | {} | {} | {:.2} | {} | {} | {} |\n",
+            "| {} | {:.0} | {:.1} | {} | {:.1} | {} | {} | {:.2} | {} | {} | {} | {} |\n",
             run.mode.label,
             run.peak() as f64 / MIB,
             100.0 * run.peak() as f64 / run.limit as f64,
@@ -255,6 +258,7 @@ pub fn table(report: &Report<'_>) -> String {
             s.goodput,
             s.refused_with_retry_after,
             ms(s.max_refusal_ms),
+            within_10ms(run.server_refusals),
             s.connection_errors,
         );
     }
@@ -292,7 +296,8 @@ fn verdict(runs: &[ModeRun]) -> String {
         "\nSafe: no OOM kill and a peak at or under {:.0}% of the limit. \
          Best safe fixed pool: {} ({:.2} jobs/s, p99 {} ms). adaptive: \
          {}safe, goodput {:.2}x the best safe pool's, p99 {} ms, slowest \
-         refusal {} ms.\n",
+         refusal {} ms at the client, refusals within 10 ms at the server: \
+         {}.\n",
         SAFE_PEAK * 100.0,
         fixed.mode.label,
         f.goodput,
@@ -301,7 +306,18 @@ fn verdict(runs: &[ModeRun]) -> String {
         a.goodput / f.goodput,
         ms(a.served.p99),
         ms(a.max_refusal_ms),
+        within_10ms(adaptive.server_refusals),
     )
+}
+
+/// "all", "none" or "N of M" refusals the server answered within 10 ms.
+fn within_10ms(refusals: Option<ServerRefusals>) -> String {
+    match refusals {
+        None => "-".to_owned(),
+        Some(r) if r.count == 0 => "none refused".to_owned(),
+        Some(r) if r.within_10ms == r.count => format!("all {}", r.count),
+        Some(r) => format!("{} of {}", r.within_10ms, r.count),
+    }
 }
 
 fn ms(value: Option<f64>) -> String {

@@ -159,3 +159,52 @@ fn gate_point(state: &Value, t0: Instant) -> GatePoint {
         pressure: state["pressure"].as_bool().unwrap_or(false),
     }
 }
+
+/// Refusals as the server timed them, from its request-duration histogram:
+/// from the request's headers to its answer, without the client's own
+/// scheduling or upload.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ServerRefusals {
+    /// Answers with status 503 or 429.
+    pub count: u64,
+    /// Those answered within 10 ms.
+    pub within_10ms: u64,
+}
+
+/// The server's refusal timings, read from `GET /metrics`; `None` when it
+/// does not answer.
+pub async fn server_refusals(client: &Client, url: &str) -> Option<ServerRefusals> {
+    let answer = client
+        .get(url)
+        .timeout(ADMISSION_TIMEOUT)
+        .send()
+        .await
+        .ok()?;
+    let text = answer.text().await.ok()?;
+    Some(refusals_in(&text))
+}
+
+/// Sums the refusal series of the duration histogram over every route.
+fn refusals_in(metrics: &str) -> ServerRefusals {
+    const FAMILY: &str = "memgate_http_request_duration_seconds";
+    let mut refusals = ServerRefusals::default();
+    for line in metrics.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let refused = series.contains(r#"status="503""#) || series.contains(r#"status="429""#);
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        if !refused {
+            continue;
+        }
+        if series.starts_with(&format!("{FAMILY}_count")) {
+            refusals.count += value as u64;
+        } else if series.starts_with(&format!("{FAMILY}_bucket")) && series.contains(r#"le="0.01""#)
+        {
+            refusals.within_10ms += value as u64;
+        }
+    }
+    refusals
+}

@@ -62,18 +62,21 @@ impl Kind {
                 io_ms: 1000,
                 ..base
             },
-            // A steady load near what 2 cores serve (7 jobs/s of 200 ms of
-            // CPU and 200 MiB), so that jobs overlap and the surge pushes a
-            // policy that does not watch memory towards the limit.
+            // A steady load of the incident's jobs at 10 per second, about
+            // what twelve at once serve, so that the instance is full when
+            // another process grows by 600 MiB over 2 s (300 MiB/s, a
+            // process reading its data in) and keeps it for 20 s. A pool
+            // sized for the quiet time meets the surge with no room left.
             Self::Surge => Settings {
-                requests: 280,
+                requests: 400,
                 seconds: 40.0,
-                mib: 200,
-                cpu_ms: 200,
+                cpu_ms: 150,
+                io_ms: 1000,
                 surge: Some(Surge {
                     mib: 600,
                     secs: 20.0,
                     at_secs: 10.0,
+                    ramp_secs: 2.0,
                 }),
                 ..base
             },
@@ -96,6 +99,8 @@ pub struct Surge {
     pub secs: f64,
     /// When it starts, in seconds after the burst starts.
     pub at_secs: f64,
+    /// How long it takes to touch its memory, in seconds; 0 at once.
+    pub ramp_secs: f64,
 }
 
 /// One workload, with every figure resolved.
