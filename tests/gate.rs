@@ -725,3 +725,31 @@ async fn a_refusal_before_any_job_ended_waits_as_long_as_the_queue_would() {
     // Three quarters of max_wait, rounded up to whole seconds.
     assert_eq!(refused.retry_after, Some(Duration::from_secs(8)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn shedding_takes_the_youngest_running_job_and_never_an_accepted_one() {
+    let gate = gate(1000);
+    let old = gate.admit("synthetic", 100 * MIB).await.unwrap();
+    let young = gate.admit("synthetic", 100 * MIB).await.unwrap();
+    let mut accepted = gate.reserve("synthetic", 100 * MIB).await.unwrap();
+    accepted.run_accepted().await.unwrap();
+    let waiting = gate.reserve("synthetic", 100 * MIB).await.unwrap();
+
+    let shedding = gate.shed(50 * MIB);
+    assert_eq!((shedding.jobs, shedding.bytes), (1, 100 * MIB));
+    assert!(young.shed_flag().is_shed());
+    assert!(!old.shed_flag().is_shed());
+    assert_eq!(young.shed_refusal().unwrap().reason, RefusalReason::Shed);
+    assert_eq!(gate.state().refused.shed, 1);
+
+    // Asked for more than anyone may give: only the other running job.
+    let more = gate.shed(1000 * MIB);
+    assert_eq!((more.jobs, more.pending), (1, 100 * MIB));
+    assert!(old.shed_flag().is_shed());
+    assert!(!accepted.shed_flag().is_shed());
+    assert!(!waiting.shed_flag().is_shed());
+    assert!(accepted.shed_refusal().is_none());
+
+    drop((old, young, accepted, waiting));
+    settled(&gate, 1000);
+}

@@ -60,6 +60,12 @@ fn check(name: &str, scenario: &Scenario, report: &Report) -> Vec<String> {
             report.purges, expect.min_purges
         ));
     }
+    if report.shed_jobs < expect.min_shed {
+        fail(format!(
+            "{} jobs shed, expected at least {}",
+            report.shed_jobs, expect.min_shed
+        ));
+    }
     for (class, min) in &expect.min_class_factor {
         let factor = report.class_factors.get(class).copied().unwrap_or(1.0);
         if factor < *min {
@@ -86,8 +92,8 @@ fn run(path: &Path) -> Vec<String> {
     println!(
         "{name}: {}\n  max working set {:.3} of ceiling ({} MiB), completed {}/{}, \
          throughput {:.2} jobs/s, refusals {:?}, recoveries {:?} ticks, \
-         pressure ticks {}, purges {}, capacity moves {}, mean running limit {:.1}, \
-         class factors {:?}",
+         pressure ticks {}, purges {}, jobs shed {}, capacity moves {}, \
+         mean running limit {:.1}, class factors {:?}",
         scenario.description,
         report.working_set_ratio(),
         report.max_working_set >> 20,
@@ -98,6 +104,7 @@ fn run(path: &Path) -> Vec<String> {
         report.recoveries,
         report.pressure_ticks,
         report.purges,
+        report.shed_jobs,
         report.capacity_moves,
         report.mean_running_limit,
         report.class_factors,

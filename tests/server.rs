@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -529,4 +530,42 @@ async fn a_refusal_survives_a_client_that_reads_it_late() {
     let answer = String::from_utf8_lossy(&answer[..read]);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("queue_full"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_running_job_is_shed_when_memory_keeps_rising_past_the_high_watermark() {
+    let server = TestServer::start(config(|c| c.gate.probe_jobs = 0)).await;
+    let http = client();
+    let url = server.url("/v1/synthetic?mib=4&io_ms=30000");
+    let job = tokio::spawn({
+        let http = http.clone();
+        async move { http.post(url).send().await }
+    });
+    server
+        .gate_until(Duration::from_secs(5), |s| s.running == 1)
+        .await;
+
+    // Another process grows past the high watermark (97% of the 1 GiB
+    // ceiling, 993 MiB), tick after tick.
+    for mib in [1000, 1010, 1020, 1030] {
+        server.working_set.store(mib * MIB, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+
+    let answer = tokio::time::timeout(Duration::from_secs(5), job)
+        .await
+        .expect("answered long before its 30 s of I/O")
+        .unwrap()
+        .unwrap();
+    assert!(answer.headers().contains_key("retry-after"));
+    let body = problem(answer, 503).await;
+    assert_eq!(body["reason"], "shed");
+    let state = server
+        .gate_until(Duration::from_secs(2), |s| s.in_flight == 0)
+        .await;
+    assert_eq!(
+        (state.reserved, state.running, state.refused.shed),
+        (0, 0, 1)
+    );
+    assert!(server.state.borrow().shed_jobs >= 1);
 }

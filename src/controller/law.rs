@@ -20,6 +20,12 @@
 //!    reserved minus `shrink_gain` times the excess: nothing new starts,
 //!    and part of what running jobs hold is owed back as they end.
 //!
+//!    When even that cannot stop it (the working set is past the high
+//!    watermark and still rising, as when another process takes memory
+//!    faster than running jobs end), the law asks the gate to *shed*
+//!    running jobs holding the excess plus one more tick of the rise: a
+//!    few jobs refused beat an OOM kill that loses them all.
+//!
 //! 3. **Hysteresis.** Once engaged, pressure is released only below the
 //!    low watermark; until then capacity does not grow. Out of pressure,
 //!    capacity follows the bound: down at once, up only while jobs wait
@@ -117,6 +123,8 @@ pub struct Decision {
     pub bound: u64,
     /// A pressure change on this tick.
     pub transition: Option<Transition>,
+    /// Memory running jobs should give up now, in bytes; 0 when none.
+    pub shed: u64,
 }
 
 /// The law's memory between ticks.
@@ -134,6 +142,7 @@ pub struct CapacityLaw {
     floor: u64,
     last: Option<Instant>,
     last_purge: Option<Instant>,
+    last_working_set: Option<u64>,
     pressure: bool,
 }
 
@@ -154,6 +163,7 @@ impl CapacityLaw {
             floor: u64::MAX,
             last: None,
             last_purge: None,
+            last_working_set: None,
             pressure: false,
         }
     }
@@ -200,7 +210,9 @@ impl CapacityLaw {
 
         let (capacity, reason) = self.capacity(&inputs, bound);
         let moved = capacity != inputs.capacity || self.last.is_none();
+        let shed = self.shed(inputs.working_set);
         self.last = Some(inputs.now);
+        self.last_working_set = Some(inputs.working_set);
 
         Decision {
             capacity,
@@ -209,7 +221,22 @@ impl CapacityLaw {
             unreserved,
             bound,
             transition,
+            shed,
         }
+    }
+
+    /// Memory to shed: above the high watermark and still rising, the
+    /// excess and one more tick of the rise, since a cut only stops new
+    /// jobs and the rise may outpace the running ones' ends. The gate
+    /// counts what jobs shed earlier still hold against it.
+    fn shed(&self, working_set: u64) -> u64 {
+        let Some(previous) = self.last_working_set else {
+            return 0;
+        };
+        if working_set <= self.high || working_set <= previous {
+            return 0;
+        }
+        (working_set - self.high) + (working_set - previous)
     }
 
     /// The new capacity and why.
@@ -455,5 +482,29 @@ mod tests {
         assert!(law.wants_purge(t, 990 * MIB));
         assert!(!law.wants_purge(t + Duration::from_millis(10), 990 * MIB));
         assert!(law.wants_purge(t + Duration::from_secs(1), 990 * MIB));
+    }
+
+    #[test]
+    fn a_working_set_still_rising_past_the_high_watermark_asks_for_a_shed() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 940 * MIB, 800 * MIB, 850 * MIB));
+
+        let rising = law.step(inputs(t, 970 * MIB, 800 * MIB, 850 * MIB));
+        // 20 MiB past the 950 MiB watermark, and 30 MiB more by the next
+        // tick at the same rise.
+        assert_eq!(rising.shed, 50 * MIB);
+
+        let falling = law.step(inputs(t, 960 * MIB, 800 * MIB, 700 * MIB));
+        assert_eq!(falling.shed, 0, "a falling working set needs no shed");
+    }
+
+    #[test]
+    fn a_rise_under_the_high_watermark_sheds_nothing() {
+        let mut law = law();
+        let t = Instant::now();
+        law.step(inputs(t, 800 * MIB, 700 * MIB, 850 * MIB));
+        let d = law.step(inputs(t, 940 * MIB, 800 * MIB, 850 * MIB));
+        assert_eq!(d.shed, 0);
     }
 }

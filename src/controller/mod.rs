@@ -172,6 +172,9 @@ pub struct AdmissionState {
     pub pressure: bool,
     /// How many times the allocator was asked to purge.
     pub purges: u64,
+    /// Running jobs shed because memory kept rising past the high
+    /// watermark.
+    pub shed_jobs: u64,
     /// The last change to a limit, on this tick or before.
     pub last_adjustment: Option<Adjustment>,
     /// Every change to a limit since the start, counted by limit and
@@ -193,6 +196,7 @@ pub struct Controller<S> {
     mode: AdmissionMode,
     tick: u64,
     purges: u64,
+    shed_jobs: u64,
     binding: Binding,
     last_adjustment: Option<Adjustment>,
     adjustments: BTreeMap<String, u64>,
@@ -233,6 +237,7 @@ impl<S: MemorySource> Controller<S> {
             binding: Binding::None,
             pressure: false,
             purges: 0,
+            shed_jobs: 0,
             last_adjustment: None,
             adjustments: BTreeMap::new(),
             costs: Vec::new(),
@@ -248,6 +253,7 @@ impl<S: MemorySource> Controller<S> {
             mode,
             tick: 0,
             purges: 0,
+            shed_jobs: 0,
             binding: Binding::None,
             last_adjustment: None,
             adjustments: BTreeMap::new(),
@@ -317,6 +323,7 @@ impl<S: MemorySource> Controller<S> {
         });
 
         self.apply_capacity(&before, &decision, sample.working_set);
+        self.apply_shed(&decision, sample.working_set);
         self.apply_running_limit(&before);
         self.report_transition(&decision, &sample);
 
@@ -395,6 +402,28 @@ impl<S: MemorySource> Controller<S> {
         });
     }
 
+    /// Sheds running jobs when the law asks for it, in memgate's own mode
+    /// only: the others are there to show what happens without it.
+    fn apply_shed(&mut self, decision: &Decision, working_set: u64) {
+        if self.mode != AdmissionMode::Adaptive || decision.shed == 0 {
+            return;
+        }
+        let shedding = self.gate.shed(decision.shed);
+        if shedding.jobs == 0 {
+            return;
+        }
+        self.shed_jobs += shedding.jobs as u64;
+        tracing::warn!(
+            jobs = shedding.jobs,
+            bytes = shedding.bytes,
+            pending = shedding.pending,
+            asked = decision.shed,
+            working_set,
+            high_watermark = self.law.high_watermark(),
+            "running jobs shed: memory still rising past the high watermark"
+        );
+    }
+
     fn record(&mut self, adjustment: Adjustment) {
         let key = format!("{}/{}", adjustment.limit, adjustment.reason);
         *self.adjustments.entry(key).or_default() += 1;
@@ -445,6 +474,7 @@ impl<S: MemorySource> Controller<S> {
             gate,
             pressure: self.law.pressure(),
             purges: self.purges,
+            shed_jobs: self.shed_jobs,
             last_adjustment: self.last_adjustment.clone(),
             adjustments: self.adjustments.clone(),
             costs: self.gate.costs(),

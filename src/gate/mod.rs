@@ -51,13 +51,16 @@ mod cost;
 mod pool;
 mod refusal;
 mod reservation;
+mod shed;
 
 pub use cost::ClassCost;
 pub use refusal::{Refusal, RefusalReason};
 pub use reservation::Reservation;
+pub use shed::{Shed, Shedding};
 
 use cost::CostModel;
 use pool::{Pool, PoolError};
+use shed::Shedder;
 
 /// Memory is counted in units of this many bytes: tokio semaphores take
 /// `u32` permit counts per acquire, and KiB units let one job hold up to
@@ -253,6 +256,9 @@ pub struct Refusals {
     pub too_large: u64,
     /// `draining` refusals.
     pub draining: u64,
+    /// `shed` refusals: running jobs given up to keep memory under the
+    /// limit.
+    pub shed: u64,
 }
 
 impl GateState {
@@ -298,13 +304,14 @@ struct Inner {
     max_reservation: AtomicU64,
     in_flight: AtomicUsize,
     admitted: AtomicU64,
-    refused: [AtomicU64; 4],
+    refused: [AtomicU64; 5],
     queued: AtomicUsize,
     waiting_memory: AtomicUsize,
     waiting_running: AtomicUsize,
     draining: AtomicBool,
     costs: CostModel,
     service: Mutex<Service>,
+    shedder: Shedder,
 }
 
 /// Recent service times, for retry delays and the controller.
@@ -377,6 +384,7 @@ impl Gate {
                 0
             }),
             service: Mutex::new(Service::default()),
+            shedder: Shedder::default(),
             settings,
         };
         Self {
@@ -492,6 +500,14 @@ impl Gate {
         self.inner.running.resize(limit as u64);
     }
 
+    /// Sheds running jobs, the youngest first, until those shed and not yet
+    /// ended hold at least `bytes`: each job's [`Shed`] flag is raised, it
+    /// stops at its next check, and its client is refused with `shed`.
+    /// Asynchronous jobs, accepted already, are never shed.
+    pub fn shed(&self, bytes: u64) -> Shedding {
+        self.inner.shedder.shed(bytes)
+    }
+
     /// Starts draining: nothing new is admitted, and every job waiting for
     /// memory or a run slot is refused with `draining`. Jobs already
     /// running carry on and return what they hold as they end.
@@ -524,6 +540,7 @@ impl Gate {
                 wait_timed_out: inner.refused[1].load(Ordering::Relaxed),
                 too_large: inner.refused[2].load(Ordering::Relaxed),
                 draining: inner.refused[3].load(Ordering::Relaxed),
+                shed: inner.refused[4].load(Ordering::Relaxed),
             },
         }
     }
@@ -707,7 +724,9 @@ impl Inner {
         let retry_after = match reason {
             RefusalReason::TooLarge { .. } => None,
             RefusalReason::Draining => Some(MIN_RETRY_AFTER),
-            RefusalReason::QueueFull | RefusalReason::WaitTimedOut => Some(self.retry_after()),
+            RefusalReason::QueueFull | RefusalReason::WaitTimedOut | RefusalReason::Shed => {
+                Some(self.retry_after())
+            }
         };
         Refusal {
             reason,

@@ -34,6 +34,10 @@ pub enum RefusalReason {
     /// The gate is closed for shutdown.
     #[error("the gate is draining")]
     Draining,
+    /// The job was running when memory outgrew the plan, and was given up
+    /// so that the others could finish.
+    #[error("the job was shed to keep memory under the limit")]
+    Shed,
 }
 
 impl RefusalReason {
@@ -44,6 +48,7 @@ impl RefusalReason {
             Self::WaitTimedOut => 1,
             Self::TooLarge { .. } => 2,
             Self::Draining => 3,
+            Self::Shed => 4,
         }
     }
 
@@ -54,6 +59,7 @@ impl RefusalReason {
             Self::WaitTimedOut => "wait_timed_out",
             Self::TooLarge { .. } => "too_large",
             Self::Draining => "draining",
+            Self::Shed => "shed",
         }
     }
 }

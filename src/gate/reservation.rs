@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::{Completion, Inner, Need, Patience, Refusal, UNIT_BYTES, Waits};
+use super::{Completion, Inner, Need, Patience, Refusal, RefusalReason, Shed, UNIT_BYTES, Waits};
 
 /// Memory held by one job, and a run slot once [`Reservation::run`] has
 /// returned. Dropping it returns both, on every path: success, error,
@@ -28,6 +28,10 @@ pub struct Reservation {
     /// The job's waits so far: a job let into the queue once is not
     /// turned away by the queue's bounds when it waits again.
     waits: Waits,
+    /// Raised when the gate sheds the job.
+    shed: Shed,
+    /// The job's key among those that may be shed, while it runs.
+    sheddable: Option<u64>,
     /// A place among the jobs probing a new class; dropped after `Drop`
     /// has marked the class known, so that waiters wake to a known class.
     _probe: Option<OwnedSemaphorePermit>,
@@ -53,6 +57,8 @@ impl Reservation {
             run_started: None,
             peak: None,
             waits,
+            shed: Shed::default(),
+            sheddable: None,
             _probe: probe,
         }
     }
@@ -154,14 +160,34 @@ impl Reservation {
     ///
     /// Dropping the future takes no slot.
     pub async fn run(&mut self) -> Result<(), Refusal> {
-        self.run_with(Patience::Bounded).await
+        self.run_with(Patience::Bounded).await?;
+        if self.sheddable.is_none() {
+            let key = self.gate.shedder.register(self.units, self.shed.clone());
+            self.sheddable = Some(key);
+        }
+        Ok(())
+    }
+
+    /// The flag the gate raises when it sheds this job, to be checked by
+    /// the job between its stages. Only jobs that took their run slot with
+    /// [`Reservation::run`] are ever shed.
+    pub fn shed_flag(&self) -> Shed {
+        self.shed.clone()
+    }
+
+    /// The refusal to answer a job that stopped because it was shed, or
+    /// `None` when it was not shed. Counted as a `shed` refusal.
+    pub fn shed_refusal(&self) -> Option<Refusal> {
+        self.shed
+            .is_shed()
+            .then(|| self.gate.refusal(RefusalReason::Shed))
     }
 
     /// Takes a run slot as [`Reservation::run`] does, but waits as long as
     /// it takes, even past `gate.max_queue` waiters: for a job the service
     /// has accepted already (an asynchronous job answered 202), whose
     /// memory is held and which must not be dropped for a long queue. It
-    /// counts as queued while it waits.
+    /// counts as queued while it waits, and is never shed.
     ///
     /// # Errors
     ///
@@ -193,6 +219,9 @@ impl Reservation {
         let Some(started) = self.run_started.take() else {
             return;
         };
+        if let Some(key) = self.sheddable.take() {
+            self.gate.shedder.unregister(key);
+        }
         self.gate.running.release(1);
         self.report(started);
     }

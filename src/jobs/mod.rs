@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
+use crate::gate::Shed;
+
 mod query;
 pub mod synthetic;
 mod transcode;
@@ -50,9 +52,13 @@ pub enum JobError {
 }
 
 /// A job's cancellation flag, shared between the request that waits for
-/// the job and the blocking thread that runs it.
+/// the job and the blocking thread that runs it, and the gate's shed flag
+/// for the job, when it has one.
 #[derive(Clone, Debug, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    shed: Option<Shed>,
+}
 
 impl Cancel {
     /// A flag that is not raised.
@@ -60,14 +66,22 @@ impl Cancel {
         Self::default()
     }
 
-    /// Raises the flag: the job stops at its next check.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Release);
+    /// The same flag, also raised when the gate sheds the job.
+    pub fn with_shed(self, shed: Shed) -> Self {
+        Self {
+            shed: Some(shed),
+            ..self
+        }
     }
 
-    /// Whether the flag is raised.
+    /// Raises the flag: the job stops at its next check.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Release);
+    }
+
+    /// Whether the flag is raised, or the gate has shed the job.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.flag.load(Ordering::Acquire) || self.shed.as_ref().is_some_and(Shed::is_shed)
     }
 
     /// Where a job may stop between two stages.

@@ -181,5 +181,6 @@ fn classify_refusal(
         RefusalReason::QueueFull => (refusal_status, "queue-full", "Queue full"),
         RefusalReason::WaitTimedOut => (refusal_status, "wait-timed-out", "Wait timed out"),
         RefusalReason::Draining => (refusal_status, "draining", "Draining"),
+        RefusalReason::Shed => (refusal_status, "shed", "Shed under memory pressure"),
     }
 }

@@ -98,7 +98,7 @@ pub async fn run<T: Send + 'static>(
     let kind = reservation.class().to_owned();
     metrics.queue_wait(&kind, queued_for);
 
-    let cancel = Cancel::new();
+    let cancel = Cancel::new().with_shed(reservation.shed_flag());
     let mut guard = CancelOnDrop(Some(cancel.clone()));
     let started = Instant::now();
     let handle = tokio::task::spawn_blocking(move || {
@@ -109,12 +109,16 @@ pub async fn run<T: Send + 'static>(
             reservation.record_peak(peak);
         }
         let estimate = reservation.estimate();
+        let shed = match output {
+            Err(JobError::Cancelled) => reservation.shed_refusal(),
+            _ => None,
+        };
         if background && output.is_ok() {
             reservation.finish();
-            (output, Some(reservation), estimate, peak)
+            (output, Some(reservation), estimate, peak, shed)
         } else {
             // Drops here, on the blocking thread, once the work is over.
-            (output, None, estimate, peak)
+            (output, None, estimate, peak, shed)
         }
     });
 
@@ -139,7 +143,11 @@ pub async fn run<T: Send + 'static>(
     };
     guard.0 = None;
 
-    let (output, kept, estimate, peak) = outcome;
+    let (output, kept, estimate, peak, shed) = outcome;
+    if let Some(refusal) = shed {
+        metrics.job_finished(&kind, JobOutcome::Shed, started.elapsed());
+        return Err(refusal.into());
+    }
     if let Some(peak) = peak {
         metrics.estimate_error(&kind, estimate, peak);
     }

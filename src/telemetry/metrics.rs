@@ -61,6 +61,8 @@ pub enum JobOutcome {
     /// The blocking task was cancelled before it returned (the runtime
     /// shut down).
     Cancelled,
+    /// The gate shed the job: memory kept rising past the high watermark.
+    Shed,
 }
 
 /// The service's metrics: a registry of its own and the figures in it.
@@ -244,6 +246,7 @@ impl JobOutcome {
             Self::Deadline => "deadline",
             Self::Panicked => "panicked",
             Self::Cancelled => "cancelled",
+            Self::Shed => "shed",
         }
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use memgate::controller::{Controller, ControllerSettings};
-use memgate::gate::{Gate, GateSettings, Refusal};
+use memgate::gate::{Gate, GateSettings, Refusal, Shed};
 use memgate::memory::{
     Ceiling, CeilingSettings, JemallocStats, MemorySample, MemorySource, Signal,
 };
@@ -137,6 +137,9 @@ pub struct Expect {
     /// The allocator must have been asked to purge at least this often.
     #[serde(default)]
     pub min_purges: u64,
+    /// The controller must have shed at least this many running jobs.
+    #[serde(default)]
+    pub min_shed: u64,
     /// The learned correction of a class must reach at least this.
     #[serde(default)]
     pub min_class_factor: BTreeMap<String, f64>,
@@ -176,6 +179,7 @@ pub struct Report {
     pub class_factors: BTreeMap<String, f64>,
     pub pressure_ticks: u64,
     pub purges: u64,
+    pub shed_jobs: u64,
     pub capacity_moves: u64,
     pub mean_running_limit: f64,
 }
@@ -217,6 +221,8 @@ struct Job {
     io_left: f64,
     work_total: f64,
     work_left: f64,
+    /// Raised when the gate sheds the job: it ends at the next step.
+    shed: Shed,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -263,14 +269,15 @@ impl Machine {
             job.touched = job.touched.max(target);
         }
 
-        for job in self.jobs.iter_mut().filter(|j| j.work_left <= 0.0) {
+        let ended = |j: &Job| j.work_left <= 0.0 || j.shed.is_shed();
+        for job in self.jobs.iter_mut().filter(|j| ended(j)) {
             self.dirty += job.touched;
             job.touched = 0;
             if let Some(done) = job.done.take() {
                 let _ = done.send(());
             }
         }
-        self.jobs.retain(|j| j.work_left > 0.0);
+        self.jobs.retain(|j| !ended(j));
         self.max_working_set = self.max_working_set.max(self.working_set());
     }
 }
@@ -390,9 +397,20 @@ async fn job(
                     io_left: spec.io,
                     work_total: spec.work.max(1e-3),
                     work_left: spec.work.max(1e-3),
+                    shed: reservation.shed_flag(),
                     done: Some(done),
                 });
                 let _ = finished.await;
+                if let Some(refusal) = reservation.shed_refusal() {
+                    drop(reservation);
+                    let retry_after = refusal.retry_after;
+                    refusals.lock().unwrap().push(refusal);
+                    match retry_after {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => break,
+                    }
+                    continue;
+                }
                 reservation.record_peak(spec.peak);
                 drop(reservation);
                 let started = machine.lock().unwrap().started;
@@ -516,6 +534,7 @@ pub async fn run(scenario: &Scenario) -> Report {
         .count() as u64;
     if let Some(last) = timeline.last() {
         report.purges = last.purges;
+        report.shed_jobs = last.shed_jobs;
         report.class_factors = last.factors.clone();
     }
 
@@ -560,6 +579,7 @@ struct Point {
     working_set: u64,
     pressure: bool,
     purges: u64,
+    shed_jobs: u64,
     factors: BTreeMap<String, f64>,
 }
 
@@ -586,6 +606,7 @@ async fn watch_capacity(
             working_set: state.working_set,
             pressure: state.pressure,
             purges: state.purges,
+            shed_jobs: state.shed_jobs,
             factors: state
                 .costs
                 .iter()

@@ -358,13 +358,20 @@ fn encode_decisions(out: &mut Families<'_>, state: &AdmissionState) -> fmt::Resu
     out.counters(
         "refused",
         "Jobs the gate refused, by reason: queue_full, wait_timed_out, \
-         too_large, draining",
+         too_large, draining, shed",
         [
             ([("reason", "queue_full")], gate.refused.queue_full),
             ([("reason", "wait_timed_out")], gate.refused.wait_timed_out),
             ([("reason", "too_large")], gate.refused.too_large),
             ([("reason", "draining")], gate.refused.draining),
+            ([("reason", "shed")], gate.refused.shed),
         ],
+    )?;
+    out.counter(
+        "shed_jobs",
+        "Running jobs the controller shed because memory kept rising past \
+         the high watermark",
+        state.shed_jobs,
     )?;
     out.counter(
         "purges",
