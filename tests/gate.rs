@@ -753,3 +753,17 @@ async fn shedding_takes_the_youngest_running_job_and_never_an_accepted_one() {
     drop((old, young, accepted, waiting));
     settled(&gate, 1000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_job_teaches_the_gate_nothing() {
+    let gate = gate(1000);
+    let mut job = gate.admit("synthetic", 100 * MIB).await.unwrap();
+    gate.shed(1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    job.record_peak(5 * MIB);
+    drop(job);
+
+    assert!(gate.take_completions().is_empty());
+    assert_eq!(gate.average_service_time(), None);
+    assert_eq!(gate.corrected("synthetic", 100 * MIB), 100 * MIB);
+}

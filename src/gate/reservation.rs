@@ -228,8 +228,10 @@ impl Reservation {
 
     /// Reports a run that ended to the gate's cost model and completions.
     fn report(&mut self, started: Instant) {
-        // A job that never named its class teaches nothing.
-        if self.class.is_empty() {
+        // A job that never named its class teaches nothing, nor does one
+        // shed midway: its short run and partial peak would make the class
+        // look quicker and smaller than it is.
+        if self.class.is_empty() || self.shed.is_shed() {
             return;
         }
         let gate = &self.gate;
