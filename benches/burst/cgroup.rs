@@ -1,7 +1,8 @@
 //! A fresh memory cgroup with a limit, the stand-in for a container.
 //!
-//! Each mode runs in its own child of this process's memory cgroup (v1, or
-//! v2 where the machine has it), so that the kernel enforces the limit and
+//! Each benchmark mode, and the contract check in `tests/contract.rs`,
+//! runs in its own child of this process's memory cgroup (v1, or v2 where
+//! the machine has it), so that the kernel enforces the limit and
 //! OOM-kills inside it exactly as it would in a 2 GiB Cloud Run instance.
 //! The child is removed when the [`Cgroup`] is dropped, also on error and
 //! panic paths: processes still in it are killed first, since a cgroup
@@ -19,7 +20,7 @@ use memgate::memory::{Cgroup as OwnCgroup, CgroupVersion};
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Cgroups this program creates are named `<PREFIX><pid>-<run>`.
-const PREFIX: &str = "memgate-burst-";
+const PREFIX: &str = "memgate-limited-";
 
 /// A child memory cgroup with a limit, removed on drop.
 #[derive(Debug)]
@@ -101,7 +102,7 @@ impl Cgroup {
         if self.dir.join("memory.swappiness").exists()
             && let Err(e) = self.write("memory.swappiness", "0")
         {
-            eprintln!("burst: warning: {e}; swap may be used");
+            eprintln!("cgroup: warning: {e}; swap may be used");
         }
         Ok(())
     }
@@ -244,7 +245,7 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         if let Err(e) = self.remove() {
-            eprintln!("burst: {e}");
+            eprintln!("cgroup: {e}");
         }
     }
 }
@@ -282,7 +283,7 @@ fn remove_stale(parent: &Path) {
             continue;
         };
         if !Path::new("/proc").join(pid).exists() && fs::remove_dir(entry.path()).is_ok() {
-            eprintln!("burst: removed stale cgroup {}", entry.path().display());
+            eprintln!("cgroup: removed stale cgroup {}", entry.path().display());
         }
     }
 }

@@ -11,7 +11,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::driver::Record;
+use crate::driver::{Record, Refused};
 use crate::sampler::{GatePoint, Series, ServerRefusals};
 use crate::workload::{Mode, Settings};
 
@@ -103,10 +103,16 @@ pub struct Summary {
     pub refused_with_retry_after: usize,
     /// Requests whose first attempt was refused.
     pub first_attempt_refused: usize,
-    /// The slowest refusal, first attempts and retries alike.
+    /// The slowest refusal at admission, first attempts and retries
+    /// alike. Shed jobs are not in it: they were refused mid-run.
     pub max_refusal_ms: Option<f64>,
-    /// The slowest refusal of a first attempt.
+    /// The slowest refusal at admission of a first attempt.
     pub max_first_refusal_ms: Option<f64>,
+    /// Attempts answered `shed`: running jobs stopped to keep memory
+    /// under the limit.
+    pub shed: usize,
+    /// The longest a shed attempt waited for its answer.
+    pub max_shed_ms: Option<f64>,
     /// When the first refusal came, since the start.
     pub first_refusal_at_ms: Option<f64>,
     /// Requests that ended without an answer because the connection failed
@@ -161,7 +167,10 @@ impl Summary {
                 .filter_map(|r| r.latency_ms);
             Percentiles::of(values.collect())
         };
-        let refusals = || records.iter().flat_map(|r| &r.refusals);
+        let answers = || records.iter().flat_map(|r| &r.refusals);
+        let is_shed = |f: &&Refused| f.reason.as_deref() == Some("shed");
+        let refusals = || answers().filter(|f| !is_shed(f));
+        let shed = || answers().filter(is_shed);
         let first_refusals = || refusals().filter(|f| f.attempt == 1);
         let max = |it: &mut dyn Iterator<Item = f64>| it.max_by(f64::total_cmp);
         let first_send = records
@@ -190,11 +199,13 @@ impl Summary {
             } else {
                 0.0
             },
-            refused_with_retry_after: refusals().filter(|f| f.retry_after_s.is_some()).count(),
+            refused_with_retry_after: answers().filter(|f| f.retry_after_s.is_some()).count(),
             first_attempt_refused: first_refusals().count(),
             max_refusal_ms: max(&mut refusals().map(|f| f.answer_ms)),
             max_first_refusal_ms: max(&mut first_refusals().map(|f| f.answer_ms)),
             first_refusal_at_ms: refusals().map(|f| f.at_ms).min_by(f64::total_cmp),
+            shed: shed().count(),
+            max_shed_ms: max(&mut shed().map(|f| f.answer_ms)),
             connection_errors: failures(|r| r.failure.is_some_and(|f| f.is_connection())),
             timeouts: failures(|r| r.failure == Some(crate::driver::Failure::Timeout)),
             abandoned: failures(|r| r.failure == Some(crate::driver::Failure::Deadline)),
@@ -310,14 +321,24 @@ fn verdict(runs: &[ModeRun]) -> String {
     )
 }
 
-/// "all", "none" or "N of M" refusals the server answered within 10 ms.
+/// "all", "none" or "N of M" refusals at admission the server answered
+/// within 10 ms. Shed jobs are answered 503 too, after running: they are
+/// taken out of the count and named apart.
 fn within_10ms(refusals: Option<ServerRefusals>) -> String {
-    match refusals {
-        None => "-".to_owned(),
-        Some(r) if r.count == 0 => "none refused".to_owned(),
-        Some(r) if r.within_10ms == r.count => format!("all {}", r.count),
-        Some(r) => format!("{} of {}", r.within_10ms, r.count),
+    let Some(r) = refusals else {
+        return "-".to_owned();
+    };
+    let admission = r.count.saturating_sub(r.shed);
+    let within = r.within_10ms.min(admission);
+    let mut text = match admission {
+        0 => "none refused".to_owned(),
+        n if within == n => format!("all {n}"),
+        n => format!("{within} of {n}"),
+    };
+    if r.shed > 0 {
+        text += &format!(" (+{} shed)", r.shed);
     }
+    text
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -343,6 +364,15 @@ fn notes(run: &ModeRun) -> String {
     }
     if let Some(error) = &run.holder_error {
         out += &format!("\n- {label}: the surge holder did not run: {error}.");
+    }
+    if run.summary.shed > 0 {
+        out += &format!(
+            "\n- {label}: {} running jobs were shed, answered 503 `shed` \
+             with `Retry-After` after up to {} ms; they are counted among \
+             the refused, not in the refusal times.",
+            run.summary.shed,
+            ms(run.summary.max_shed_ms)
+        );
     }
     if run.summary.abandoned > 0 {
         out += &format!(

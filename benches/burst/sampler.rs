@@ -169,6 +169,8 @@ pub struct ServerRefusals {
     pub count: u64,
     /// Those answered within 10 ms.
     pub within_10ms: u64,
+    /// Those that were running jobs shed, from `memgate_refused_total`.
+    pub shed: u64,
 }
 
 /// The server's refusal timings, read from `GET /metrics`; `None` when it
@@ -192,10 +194,14 @@ fn refusals_in(metrics: &str) -> ServerRefusals {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
-        let refused = series.contains(r#"status="503""#) || series.contains(r#"status="429""#);
         let Ok(value) = value.parse::<f64>() else {
             continue;
         };
+        if series == r#"memgate_refused_total{reason="shed"}"# {
+            refusals.shed = value as u64;
+            continue;
+        }
+        let refused = series.contains(r#"status="503""#) || series.contains(r#"status="429""#);
         if !refused {
             continue;
         }

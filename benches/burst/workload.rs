@@ -21,11 +21,12 @@ pub enum Kind {
     /// 1 s of storage I/O with its memory held: the incident that
     /// OOM-kills one task per request.
     Incident,
-    /// A steady 4 jobs/s of 100 MiB for 40 s while another process in the
-    /// container takes 600 MiB for 20 s.
+    /// 400 of the incident's jobs over 40 s, about what the instance
+    /// serves, while another process in the container takes 600 MiB over
+    /// 2 s and keeps it for 20 s.
     Surge,
-    /// 200 JPEGs of 1 to 40 MP, mostly small, transcoded to 1024 px,
-    /// within 20 s.
+    /// 400 JPEGs of 1 to 40 MP, mostly small, transcoded to 1024 px,
+    /// within 4 s.
     MixedImages,
 }
 

@@ -206,7 +206,7 @@ impl Metrics {
         self.registry.register(
             "job_duration_seconds",
             "Time jobs spent running, from taking a run slot to their end, by \
-             job class and outcome (done, failed, deadline, panicked, cancelled)",
+             job class and outcome (done, failed, deadline, panicked, cancelled, shed)",
             self.job_duration.clone(),
         );
         self.registry.register(
