@@ -135,13 +135,13 @@ fn memory_point(cgroup: &Cgroup, t0: Instant) -> Option<MemoryPoint> {
 /// The server's `/v1/admission` answer, or `None` when it has none in
 /// time.
 pub async fn admission(client: &Client, url: &str) -> Option<Value> {
-    let answer = client
-        .get(url)
-        .timeout(ADMISSION_TIMEOUT)
-        .send()
-        .await
-        .ok()?;
-    answer.json().await.ok()
+    fetch(client, url).await?.json().await.ok()
+}
+
+/// A GET of the server's that answers within [`ADMISSION_TIMEOUT`].
+async fn fetch(client: &Client, url: &str) -> Option<reqwest::Response> {
+    let request = client.get(url).timeout(ADMISSION_TIMEOUT);
+    request.send().await.ok()
 }
 
 fn gate_point(state: &Value, t0: Instant) -> GatePoint {
@@ -176,13 +176,7 @@ pub struct ServerRefusals {
 /// The server's refusal timings, read from `GET /metrics`; `None` when it
 /// does not answer.
 pub async fn server_refusals(client: &Client, url: &str) -> Option<ServerRefusals> {
-    let answer = client
-        .get(url)
-        .timeout(ADMISSION_TIMEOUT)
-        .send()
-        .await
-        .ok()?;
-    let text = answer.text().await.ok()?;
+    let text = fetch(client, url).await?.text().await.ok()?;
     Some(refusals_in(&text))
 }
 
