@@ -168,8 +168,9 @@ pub struct ImageInfo {
 }
 
 impl ImageInfo {
-    /// Bytes of the decoded pixels.
-    fn decoded_bytes(&self) -> u64 {
+    /// Bytes of the decoded pixels: the least any estimate of a job on
+    /// this image covers.
+    pub fn decoded_bytes(&self) -> u64 {
         pixels(self.width, self.height) * u64::from(self.color.bytes_per_pixel())
     }
 }

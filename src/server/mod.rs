@@ -28,6 +28,7 @@ use crate::gate::Gate;
 use crate::telemetry::metrics::Metrics;
 
 mod body;
+pub mod headers;
 mod problem;
 mod routes;
 mod store;

@@ -24,12 +24,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::App;
 use super::body::RequestBody;
 use super::problem::ApiError;
 use super::store::{Output, Status};
 use super::upload::{self, Upload};
 use super::work::{self, JobOptions};
+use super::{App, headers};
 use crate::controller::AdmissionState;
 use crate::gate::{Refusal, RefusalReason};
 use crate::jobs::{self, TranscodeParams, synthetic};
@@ -45,7 +45,7 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, remote: SocketAdd
     let url = request.uri().to_string();
     let user_agent = header_text(&request, header::USER_AGENT);
     let request_size = header_text(&request, header::CONTENT_LENGTH);
-    let (trace, span_id) = cloud_trace(&request);
+    let (trace, span_id) = headers::cloud_trace(request.headers());
     // At info, so that warnings and errors inside a request carry its
     // trace at the default level; the request line itself stays at debug.
     let span = tracing::info_span!("request", trace, span_id);
@@ -341,22 +341,4 @@ fn header_text(request: &Request<RequestBody>, name: header::HeaderName) -> Stri
 fn answer_size(answer: &Answer) -> u64 {
     use hyper::body::Body;
     answer.body().size_hint().exact().unwrap_or(0)
-}
-
-/// The trace and span ids of `X-Cloud-Trace-Context: TRACE_ID/SPAN_ID;o=1`.
-fn cloud_trace(request: &Request<RequestBody>) -> (Option<String>, Option<String>) {
-    let Some(value) = request
-        .headers()
-        .get("x-cloud-trace-context")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return (None, None);
-    };
-    let (trace, rest) = value.split_once('/').unwrap_or((value, ""));
-    let span = rest.split(';').next().filter(|s| !s.is_empty());
-    let valid = !trace.is_empty() && trace.chars().all(|c| c.is_ascii_hexdigit());
-    (
-        valid.then(|| trace.to_owned()),
-        span.filter(|_| valid).map(str::to_owned),
-    )
 }

@@ -7,11 +7,12 @@
 //! when that setting is zero.
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, header};
+use http::HeaderMap;
 use http_body_util::BodyExt;
 
 use super::ServerSettings;
 use super::body::RequestBody;
+use super::headers::declared_length;
 use super::problem::ApiError;
 use crate::gate::{Gate, Reservation};
 
@@ -61,18 +62,6 @@ fn body_limit(headers: &HeaderMap, settings: &ServerSettings) -> Result<u64, Api
         None if settings.max_chunked_body.as_u64() == 0 => Err(ApiError::LengthRequired),
         None => Ok(settings.max_chunked_body.as_u64().min(max_body)),
     }
-}
-
-fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .map(Some)
-        .ok_or_else(|| ApiError::BadHeader("Content-Length is not a number".to_owned()))
 }
 
 /// Reads the body frame by frame into one buffer of at most `limit`
