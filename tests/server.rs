@@ -143,6 +143,53 @@ async fn a_chunked_body_past_its_reservation_is_refused_with_413() {
 }
 
 #[tokio::test]
+async fn a_chunked_upload_that_never_ends_is_408_and_returns_its_reservation() {
+    let server = TestServer::start(config(|c| c.server.body_timeout_ms = 500)).await;
+
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /v1/transcode HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // One chunk, then nothing: neither the next chunk nor the last.
+    stream.write_all(b"4\r\nabcd\r\n").await.unwrap();
+
+    let answer = read_head(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let state = server
+        .gate_until(Duration::from_secs(2), |s| s.reserved == 0)
+        .await;
+    assert_eq!(state.reserved, 0, "the upload's reservation returned");
+}
+
+#[tokio::test]
+async fn a_body_longer_than_its_content_length_is_cut_there_and_the_rest_refused() {
+    let server = TestServer::start(config(|_| {})).await;
+
+    // Content-Length says 10; the client sends 10 bytes, then bytes that
+    // are not a request. The first request is read as 10 bytes (not an
+    // image: 415), the rest as a malformed second request (400, and the
+    // connection closed): nothing past the declared length reaches a job.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = "POST /v1/transcode HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n\
+                   0123456789and then a great deal more than was declared\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+
+    let first = read_head(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 415"), "{first}");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection is closed after the garbage");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains("HTTP/1.1 400"),
+        "the rest is answered as the bad request it is: {rest}"
+    );
+    let state = server
+        .gate_until(Duration::from_secs(2), |s| s.reserved == 0)
+        .await;
+    assert_eq!(state.reserved, 0, "nothing held");
+}
+
+#[tokio::test]
 async fn headers_sent_too_slowly_close_the_connection() {
     let server = TestServer::start(config(|c| c.server.header_read_timeout_ms = 300)).await;
 

@@ -202,6 +202,95 @@ async fn a_decompression_bomb_is_413_without_its_memory_reserved() {
 }
 
 #[tokio::test]
+async fn bombs_in_every_format_are_413_without_their_memory_reserved() {
+    let server = TestServer::start(config(|_| {})).await;
+    let bombs = [
+        (
+            "jpeg",
+            images::jpeg_bomb(&images::jpeg(64, 48, 80), 60_000, 60_000),
+        ),
+        (
+            "progressive jpeg",
+            images::jpeg_bomb(&images::jpeg_progressive(64, 48, 80), 60_000, 60_000),
+        ),
+        (
+            "webp",
+            images::webp_bomb(
+                &images::webp_lossy(&images::rgb(64, 48, 1), 80),
+                16_383,
+                16_383,
+            ),
+        ),
+        (
+            "gif of 40 frames",
+            images::gif_bomb(&images::gif_animated(16, 16, 40), 65_535, 65_535),
+        ),
+    ];
+
+    for (name, bomb) in bombs {
+        let info = memgate::jobs::probe(&bomb).expect("the header reads");
+        assert!(info.width >= 16_383, "{name}: the header declares {info:?}");
+        let answer = post(&server, "/v1/transcode?width=100", bomb).await;
+        let body = problem(answer, 413).await;
+        assert_eq!(body["reason"], "too_large", "{name}: {body}");
+    }
+    let state = server.gate.state();
+    assert_eq!(state.refused.too_large, 4);
+    assert_eq!(
+        state.admitted, 4,
+        "only the bodies' reservations were granted"
+    );
+    settled(&server).await;
+}
+
+#[tokio::test]
+async fn an_image_is_read_for_what_it_is_not_for_what_its_content_type_says() {
+    let server = TestServer::start(config(|_| {})).await;
+    let answer = client()
+        .post(server.url("/v1/transcode?width=50"))
+        .header("content-type", "image/jpeg")
+        .body(images::png_rgba(100, 80))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(answer.status(), StatusCode::OK);
+    let bytes = answer.bytes().await.unwrap();
+    assert_eq!(images::decoded(&bytes), (ImageFormat::Png, 50, 40));
+    settled(&server).await;
+}
+
+#[tokio::test]
+async fn extreme_aspect_ratios_keep_at_least_one_pixel_a_side() {
+    let server = TestServer::start(config(|_| {})).await;
+    for (w, h, expected) in [(4000, 1, (100, 1)), (1, 4000, (1, 100))] {
+        let answer = post(
+            &server,
+            "/v1/transcode?width=100&height=100",
+            images::png_rgba(w, h),
+        )
+        .await;
+        assert_eq!(answer.status(), StatusCode::OK, "{w}x{h}");
+        let bytes = answer.bytes().await.unwrap();
+        assert_eq!(
+            images::decoded(&bytes),
+            (ImageFormat::Png, expected.0, expected.1)
+        );
+    }
+    settled(&server).await;
+}
+
+#[tokio::test]
+async fn an_output_larger_than_the_ceiling_is_413_before_decoding() {
+    let server = TestServer::start(config(|_| {})).await;
+    let path = "/v1/transcode?width=16384&height=16384&upscale=true&format=png";
+
+    let body = problem(post(&server, path, images::png_rgba(2, 2)).await, 413).await;
+    assert_eq!(body["reason"], "too_large", "{body}");
+    settled(&server).await;
+}
+
+#[tokio::test]
 async fn a_truncated_image_is_422() {
     let server = TestServer::start(config(|_| {})).await;
     let whole = images::png_rgba(300, 300);

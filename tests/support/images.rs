@@ -188,6 +188,46 @@ pub fn png_bomb(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
+/// `jpeg`, a real JPEG, whose frame header (SOF0 or SOF2) now declares
+/// `width` by `height`: the tables stay valid, so the header reads, but
+/// the pixels are nowhere near the declared size.
+pub fn jpeg_bomb(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let mut out = jpeg.to_vec();
+    let sof = out
+        .windows(2)
+        .position(|m| m == [0xff, 0xc0] || m == [0xff, 0xc2])
+        .expect("a frame header");
+    // Marker, length (2), precision (1), then height and width, big-endian.
+    out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    out
+}
+
+/// `webp`, a real lossy WebP, whose VP8 frame header now declares
+/// `width` by `height` (at most 16383 each).
+pub fn webp_bomb(webp: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let mut out = webp.to_vec();
+    let start = out
+        .windows(3)
+        .position(|m| m == [0x9d, 0x01, 0x2a])
+        .expect("a VP8 start code");
+    // Width and height follow the start code: 14 bits each, little-endian,
+    // the top two bits a scale, left at zero.
+    out[start + 3..start + 5].copy_from_slice(&(width & 0x3fff).to_le_bytes());
+    out[start + 5..start + 7].copy_from_slice(&(height & 0x3fff).to_le_bytes());
+    out
+}
+
+/// `gif`, a real GIF, whose logical screen now declares `width` by
+/// `height`: the decoder composes every frame on a canvas that size.
+pub fn gif_bomb(gif: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let mut out = gif.to_vec();
+    // "GIF89a", then the screen's width and height, little-endian.
+    out[6..8].copy_from_slice(&width.to_le_bytes());
+    out[8..10].copy_from_slice(&height.to_le_bytes());
+    out
+}
+
 /// `image` cut to its first `keep` bytes.
 pub fn truncated(image: &[u8], keep: usize) -> Vec<u8> {
     image[..keep.min(image.len())].to_vec()
