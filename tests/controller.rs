@@ -320,3 +320,33 @@ async fn the_latency_mode_lowers_its_limit_when_jobs_slow_down() {
     let limit = gate.state().running_limit;
     assert!((2..6).contains(&limit), "limit {limit}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_that_jumps_forward_or_back_moves_no_decision_past_the_bound() {
+    let script = Script::default();
+    script.set(100, 0, 0);
+    let mut controller = controller(&script);
+    let gate = controller.gate().clone();
+    let _job = gate.reserve("jpeg", 300 * MIB).await.unwrap();
+    script.set(100, 300, 0);
+    let start = Instant::now();
+    controller.tick(start + Duration::from_millis(50));
+
+    // An hour passes between two ticks (a suspended VM, a stalled task),
+    // then a tick arrives dated before the last one.
+    for at in [
+        start + Duration::from_secs(3600),
+        start + Duration::from_millis(10),
+    ] {
+        let state = controller.tick(at);
+        assert!(!state.pressure);
+        assert!(state.gate.capacity <= 850 * MIB, "{}", state.gate.capacity);
+        assert!(state.gate.capacity >= 300 * MIB, "{}", state.gate.capacity);
+    }
+
+    // Measurement still rules after the jumps: a surge is cut at once.
+    script.set(700, 300, 0);
+    let state = controller.tick(start + Duration::from_secs(3601));
+    assert!(state.pressure);
+    assert!(state.gate.capacity < 300 * MIB, "{}", state.gate.capacity);
+}
