@@ -616,3 +616,37 @@ async fn a_running_job_is_shed_when_memory_keeps_rising_past_the_high_watermark(
     );
     assert!(server.state.borrow().shed_jobs >= 1);
 }
+
+#[tokio::test]
+async fn sigterm_in_the_middle_of_an_upload_still_answers_it_and_returns_its_memory() {
+    let server = TestServer::start(config(|c| c.gate.probe_jobs = 0)).await;
+    let image = support::images::png_rgba(64, 64);
+
+    // The headers and half the body are in when the drain starts.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/transcode?width=32 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        image.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (first, second) = image.split_at(image.len() / 2);
+    stream.write_all(first).await.unwrap();
+    server
+        .gate_until(Duration::from_secs(2), |s| s.in_flight == 1)
+        .await;
+
+    server.shut_down();
+    server
+        .gate_until(Duration::from_secs(2), |s| s.draining)
+        .await;
+    stream.write_all(second).await.unwrap();
+
+    // Its job had not started: it is refused as draining, with a retry
+    // delay that sends the client to another instance, not dropped.
+    let answer = read_head(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: "), "{answer}");
+    server.stopped().await;
+    let state = server.gate.state();
+    assert_eq!((state.in_flight, state.reserved), (0, 0), "memory returned");
+}
