@@ -650,3 +650,57 @@ async fn sigterm_in_the_middle_of_an_upload_still_answers_it_and_returns_its_mem
     let state = server.gate.state();
     assert_eq!((state.in_flight, state.reserved), (0, 0), "memory returned");
 }
+
+#[tokio::test]
+async fn thousands_of_silent_connections_are_bounded_and_closed() {
+    let server = TestServer::start(config(|c| {
+        c.server.header_read_timeout_ms = 300;
+        c.server.max_connections = 500;
+    }))
+    .await;
+
+    // Far more connections than the server takes, none sending a byte.
+    let mut silent = Vec::new();
+    for _ in 0..2000 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+
+    // Each is closed once it has sent nothing for the header timeout,
+    // which frees its slot for the next in the backlog.
+    let closed = async {
+        for stream in &mut silent {
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await.unwrap_or(0);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("every silent connection closed");
+    let health = client().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the server still serves");
+}
+
+#[tokio::test]
+async fn a_connection_past_the_limit_waits_until_one_closes() {
+    let server = TestServer::start(config(|c| c.server.max_connections = 2)).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    // Two kept-alive connections hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+
+    // A third is accepted by the kernel, not by the server.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut byte)).await;
+    assert!(early.is_err(), "answered past the limit");
+
+    drop(held.pop());
+    assert!(read_head(&mut third).await.starts_with("HTTP/1.1 200"));
+}

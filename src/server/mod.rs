@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -46,14 +46,19 @@ pub struct ServerSettings {
     /// Port to listen on; the `PORT` environment variable overrides it, as
     /// Cloud Run sets it. 0 picks a free port.
     pub port: u16,
-    /// Longest time a client may take to send a request's headers.
-    /// Milliseconds, 100 to 600,000.
+    /// Longest time a client may take to send a request's headers, and a
+    /// new connection to send its first byte. Milliseconds, 100 to
+    /// 600,000.
     pub header_read_timeout_ms: u64,
     /// Longest time a client may take to send a request's body once its
     /// headers are in. Milliseconds, 100 to 3,600,000.
     pub body_timeout_ms: u64,
     /// Whether HTTP/1.1 connections are kept open between requests.
     pub keep_alive: bool,
+    /// Most client connections open at once; past it, new connections wait
+    /// in the kernel's listen backlog until one closes. Count, 1 to
+    /// 1,000,000; keep it under the process's file descriptor limit.
+    pub max_connections: usize,
     /// Largest request body accepted. Size, above 0.
     #[serde(serialize_with = "crate::size::serialize")]
     pub max_body: ByteSize,
@@ -97,6 +102,7 @@ impl Default for ServerSettings {
             header_read_timeout_ms: 10_000,
             body_timeout_ms: 60_000,
             keep_alive: true,
+            max_connections: 1024,
             max_body: ByteSize::mib(64),
             max_chunked_body: ByteSize::mib(16),
             job_timeout_ms: 60_000,
@@ -133,6 +139,7 @@ impl ServerSettings {
         range("grace_period_ms", self.grace_period_ms, 0, 600_000)?;
         range("result_ttl_ms", self.result_ttl_ms, 1_000, 86_400_000)?;
         range("max_async_jobs", self.max_async_jobs as u64, 1, 1_000_000)?;
+        range("max_connections", self.max_connections as u64, 1, 1_000_000)?;
         if self.max_body.as_u64() == 0 {
             return Err("server.max_body: must be above 0".to_owned());
         }
@@ -229,10 +236,24 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let builder = connection_builder(&app.settings);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(app.settings.max_connections));
     let sweeper = tokio::spawn(sweep(Arc::clone(&app)));
     tokio::pin!(shutdown);
 
     loop {
+        // A slot first, so that at the limit nothing more is accepted:
+        // new connections wait in the listen backlog.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        if slots.available_permits() == 0 {
+            tracing::warn!(
+                max_connections = app.settings.max_connections,
+                "connection limit reached: new connections wait"
+            );
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
@@ -244,13 +265,13 @@ pub async fn serve(
                         continue;
                     }
                 };
-                serve_connection(&builder, &graceful, Arc::clone(&app), stream, remote);
+                serve_connection(&builder, &graceful, Arc::clone(&app), stream, remote, slot);
             }
             () = &mut shutdown => break,
         }
     }
 
-    drain(&app, listener, &builder, graceful).await;
+    drain(&app, listener, &builder, graceful, &slots).await;
     sweeper.abort();
     Ok(())
 }
@@ -267,21 +288,38 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     builder
 }
 
+/// Serves one connection in a task of its own, which holds `slot` until
+/// the connection ends.
 fn serve_connection(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     app: Arc<App>,
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
+    slot: OwnedSemaphorePermit,
 ) {
+    let first_byte = Duration::from_millis(app.settings.header_read_timeout_ms);
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
     let service = service_fn(move |request| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Infallible>(routes::handle(app, request, remote).await) }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection.into_owned());
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        let _slot = slot;
+        // hyper's header-read timer starts with the first byte: a client
+        // that connects and sends nothing would hold its slot forever.
+        // (Readiness alone is not enough: a new socket may report it.)
+        let mut byte = [0u8; 1];
+        if tokio::time::timeout(first_byte, stream.peek(&mut byte))
+            .await
+            .is_err()
+        {
+            tracing::debug!(%remote, "connection closed: nothing sent");
+            return;
+        }
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(connection.into_owned()).await {
             tracing::debug!(error = %e, %remote, "connection ended with an error");
         }
     });
@@ -295,6 +333,7 @@ async fn drain(
     listener: TcpListener,
     builder: &auto::Builder<TokioExecutor>,
     graceful: GracefulShutdown,
+    slots: &Arc<Semaphore>,
 ) {
     let grace = Duration::from_millis(app.settings.grace_period_ms);
     let deadline = Instant::now() + grace;
@@ -318,8 +357,13 @@ async fn drain(
         };
         let accept = async {
             loop {
-                if let Ok((stream, remote)) = listener.accept().await {
-                    serve_connection(builder, &graceful, Arc::clone(app), stream, remote);
+                let Ok((stream, remote)) = listener.accept().await else {
+                    continue;
+                };
+                // At the limit, a connection made during the drain is
+                // closed at once: nothing waits for the slot.
+                if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+                    serve_connection(builder, &graceful, Arc::clone(app), stream, remote, slot);
                 }
             }
         };
