@@ -704,3 +704,63 @@ async fn a_connection_past_the_limit_waits_until_one_closes() {
     drop(held.pop());
     assert!(read_head(&mut third).await.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_while_its_job_waits_frees_its_place_and_never_runs() {
+    let server = TestServer::start(config(|c| {
+        c.gate.max_running = 1;
+        c.gate.min_running = 1;
+        c.gate.probe_jobs = 0;
+    }))
+    .await;
+    let send = |query: &'static str| {
+        let http = client();
+        let url = server.url(&format!("/v1/synthetic?{query}"));
+        tokio::spawn(async move { http.post(url).send().await })
+    };
+    let running = send("mib=4&cpu_ms=1000");
+    server
+        .gate_until(Duration::from_secs(5), |s| s.running == 1)
+        .await;
+    let waiting = send("mib=64");
+    server
+        .gate_until(Duration::from_secs(5), |s| s.queued == 1)
+        .await;
+
+    // The waiting client goes away: its place and its memory come back at
+    // once, before the running job ends.
+    waiting.abort();
+    let state = server
+        .gate_until(Duration::from_secs(2), |s| s.queued == 0)
+        .await;
+    assert_eq!((state.queued, state.in_flight), (0, 1), "{state:?}");
+    assert!(state.reserved < 64 * MIB, "{}", state.reserved);
+
+    assert_eq!(running.await.unwrap().unwrap().status(), 200);
+    let state = server
+        .gate_until(Duration::from_secs(5), |s| s.in_flight == 0)
+        .await;
+    assert_eq!((state.reserved, state.running), (0, 0));
+    assert_eq!(
+        state.admitted, 2,
+        "the running job, and the waiter's memory"
+    );
+
+    // One job ran, to its end; the waiter's never started.
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let runs: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with("memgate_job_duration_seconds_count"))
+        .collect();
+    assert_eq!(
+        runs,
+        [r#"memgate_job_duration_seconds_count{class="synthetic",outcome="done"} 1"#]
+    );
+}
