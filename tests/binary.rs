@@ -1,10 +1,13 @@
 //! The `memgate` binary as an operator runs it: flags, configuration
 //! errors, and a drain on SIGTERM that answers every request and exits 0.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+#[path = "support/logged.rs"]
+mod logged;
+
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use logged::Logged;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_memgate");
 
@@ -69,9 +72,8 @@ fn the_config_subcommand_prints_the_effective_configuration() {
 
 /// The binary serving on a free loopback port, with its log lines.
 struct Running {
-    child: Child,
+    logged: Logged,
     port: u16,
-    lines: mpsc::Receiver<String>,
 }
 
 impl Running {
@@ -82,66 +84,15 @@ impl Running {
             ("MEMGATE__LOG__FORMAT", "json"),
         ];
         base.extend_from_slice(env);
-        let mut child = command(&base)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start memgate");
-
-        let (send, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-
-        let mut running = Self {
-            child,
-            port: 0,
-            lines,
-        };
-        let listening = running.wait_for_line("listening");
+        let logged = Logged::spawn(command(&base));
+        let listening = logged.wait_for("listening");
         let address = listening["address"].as_str().expect("address field");
-        running.port = address.rsplit(':').next().unwrap().parse().unwrap();
-        running
-    }
-
-    /// Waits for the log line whose message is `message`, parsed.
-    fn wait_for_line(&self, message: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line {message:?}"));
-            let value: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
-            if value["message"] == message {
-                return value;
-            }
-        }
+        let port = address.rsplit(':').next().unwrap().parse().unwrap();
+        Self { logged, port }
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn terminate(&self) {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) with a pid this test started and a valid signal.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM sent");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -173,7 +124,7 @@ async fn sigterm_answers_the_jobs_in_flight_then_exits_zero() {
     }
 
     let signalled = Instant::now();
-    server.terminate();
+    server.logged.terminate();
     for job in jobs {
         let answer = job
             .await
@@ -181,8 +132,8 @@ async fn sigterm_answers_the_jobs_in_flight_then_exits_zero() {
             .expect("an answer, not a dropped connection");
         assert_eq!(answer.status(), 200, "a job in flight finishes");
     }
-    server.wait_for_line("drained");
-    let status = server.child.wait().unwrap();
+    server.logged.wait_for("drained");
+    let status = server.logged.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(
         signalled.elapsed() < Duration::from_secs(8),

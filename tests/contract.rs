@@ -16,15 +16,15 @@
 #[allow(dead_code)]
 #[path = "../benches/burst/cgroup.rs"]
 mod cgroup;
+#[path = "support/logged.rs"]
+mod logged;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use cgroup::Cgroup;
+use logged::Logged;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -57,7 +57,7 @@ async fn the_binary_keeps_cloud_runs_contract_in_a_2_gib_cgroup() {
         return;
     };
     let port = free_port();
-    let mut server = Instance::start(&cgroup, port);
+    let mut server = start(&cgroup, port);
 
     let ceiling = server.wait_for("ceiling chosen");
     assert_eq!(ceiling["limit"].as_u64(), Some(2 * GIB), "{ceiling}");
@@ -106,7 +106,7 @@ async fn the_binary_keeps_cloud_runs_contract_in_a_2_gib_cgroup() {
     eprintln!("contract: {finished} finished, {} refused", JOBS - finished);
     assert!(finished > 0, "the jobs in flight finished");
 
-    let code = server.exit_within(KILL_AFTER);
+    let code = exit_within(&mut server, KILL_AFTER);
     assert!(
         signalled.elapsed() < KILL_AFTER,
         "gone {:?} after SIGTERM",
@@ -114,7 +114,7 @@ async fn the_binary_keeps_cloud_runs_contract_in_a_2_gib_cgroup() {
     );
     assert_eq!(code, Some(0), "a drain exits 0");
     assert_eq!(cgroup.oom_kills(), Ok(0), "no OOM kill");
-    server.check_logs();
+    check_logs(&server);
 }
 
 /// A 2 GiB cgroup, or `None` with a note when this machine cannot make
@@ -168,134 +168,61 @@ async fn admission(http: &reqwest::Client, base: &str) -> Value {
     answer.json().await.expect("admission state as JSON")
 }
 
-/// The server as Cloud Run runs it, with everything it writes.
-struct Instance {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
+/// Starts the binary in `cgroup` as Cloud Run starts it: `PORT` and
+/// Cloud Run's own variables set, JSON logs as the image sets them, and
+/// nothing else from this environment.
+fn start(cgroup: &Cgroup, port: u16) -> Logged {
+    let mut command = cgroup.command(Path::new(BINARY));
+    command
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PORT", port.to_string())
+        .env("K_SERVICE", "memgate")
+        .env("K_REVISION", "memgate-00001-abc")
+        .env("K_CONFIGURATION", "memgate")
+        .env("MEMGATE__LOG__FORMAT", "json");
+    Logged::spawn(command)
 }
 
-impl Instance {
-    fn start(cgroup: &Cgroup, port: u16) -> Self {
-        let mut child = cgroup
-            .command(Path::new(BINARY))
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("PORT", port.to_string())
-            .env("K_SERVICE", "memgate")
-            .env("K_REVISION", "memgate-00001-abc")
-            .env("K_CONFIGURATION", "memgate")
-            .env("MEMGATE__LOG__FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start memgate in the cgroup");
-
-        let (send, lines) = mpsc::channel();
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&stdout);
-        let out = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                kept.lock().expect("stdout lines").push(line.clone());
-                let _ = send.send(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let kept = Arc::clone(&stderr);
-        let mut err = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            kept.lock().expect("stderr text").push_str(&text);
-        });
-
-        Self {
-            child,
-            lines,
-            stdout,
-            stderr,
+/// The exit code once the process is gone, waiting at most `limit`.
+fn exit_within(server: &mut Logged, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = server.child.try_wait().expect("wait for memgate") {
+            return status.code();
         }
-    }
-
-    /// Waits for the log line whose message is `message`, parsed.
-    fn wait_for(&self, message: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                panic!("no log line {message:?}; stderr: {}", self.stderr());
-            };
-            let value: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if value["message"] == message {
-                return value;
-            }
-        }
-    }
-
-    fn terminate(&self) {
-        let pid = i32::try_from(self.child.id()).expect("a pid");
-        // SAFETY: kill(2) with a pid this test started and a valid signal.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM sent");
-    }
-
-    /// The exit code once the process is gone, waiting at most `limit`.
-    fn exit_within(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for memgate") {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "still running after {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Every line on stdout is one JSON object Cloud Logging can lift a
-    /// severity, a message and a time from; nothing goes to stderr.
-    fn check_logs(&self) {
-        // The reader threads end with the pipes, which closed at exit.
-        std::thread::sleep(Duration::from_millis(100));
-        let lines = self.stdout.lock().expect("stdout lines");
-        assert!(lines.len() >= 4, "startup and drain are logged");
-        for line in lines.iter() {
-            let entry: Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-            let severity = entry["severity"].as_str().unwrap_or_default();
-            assert!(SEVERITIES.contains(&severity), "severity: {line}");
-            assert!(entry["message"].is_string(), "message: {line}");
-            let time = entry["time"].as_str().unwrap_or_default();
-            assert!(
-                OffsetDateTime::parse(time, &Rfc3339).is_ok(),
-                "time: {line}"
-            );
-            assert!(entry.get("level").is_none(), "no level key: {line}");
-        }
-        let messages: Vec<_> = lines
-            .iter()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter_map(|entry| entry["message"].as_str().map(str::to_owned))
-            .collect();
-        for expected in ["draining: new jobs refused", "drained", "stopped"] {
-            assert!(
-                messages.iter().any(|m| m == expected),
-                "{expected:?} logged: {messages:?}"
-            );
-        }
-        assert_eq!(self.stderr(), "", "nothing on stderr");
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr text").clone()
+        assert!(Instant::now() < deadline, "still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Every line on stdout is one JSON object Cloud Logging can lift a
+/// severity, a message and a time from; nothing goes to stderr.
+fn check_logs(server: &Logged) {
+    // The reader threads end with the pipes, which closed at exit.
+    std::thread::sleep(Duration::from_millis(100));
+    let lines = server.lines();
+    assert!(lines.len() >= 4, "startup and drain are logged");
+    let mut messages = Vec::new();
+    for line in &lines {
+        let entry: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let severity = entry["severity"].as_str().unwrap_or_default();
+        assert!(SEVERITIES.contains(&severity), "severity: {line}");
+        let time = entry["time"].as_str().unwrap_or_default();
+        assert!(
+            OffsetDateTime::parse(time, &Rfc3339).is_ok(),
+            "time: {line}"
+        );
+        assert!(entry.get("level").is_none(), "no level key: {line}");
+        let message = entry["message"].as_str();
+        messages.push(message.expect("a message").to_owned());
     }
+    for expected in ["draining: new jobs refused", "drained", "stopped"] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "{expected:?} logged: {messages:?}"
+        );
+    }
+    assert_eq!(server.stderr(), "", "nothing on stderr");
 }
