@@ -239,6 +239,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(app.settings.max_connections));
     let sweeper = tokio::spawn(sweep(Arc::clone(&app)));
     tokio::pin!(shutdown);
+    let mut full = false;
 
     loop {
         // A slot first, so that at the limit nothing more is accepted:
@@ -248,12 +249,16 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(slot) = slot else { break };
-        if slots.available_permits() == 0 {
+        // Logged once per time the limit is reached, not per connection:
+        // a flood would otherwise flood the logs too.
+        let now_full = slots.available_permits() == 0;
+        if now_full && !full {
             tracing::warn!(
                 max_connections = app.settings.max_connections,
                 "connection limit reached: new connections wait"
             );
         }
+        full = now_full;
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
