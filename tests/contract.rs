@@ -4,33 +4,27 @@
 //! 2 GiB instance. It must find the ceiling from the cgroup's limit, serve
 //! on `PORT`, answer every request when SIGTERM lands under load, be gone
 //! well before Cloud Run's SIGKILL 10 s later, and write only log lines
-//! Cloud Logging can read.
-//!
-//! A memory cgroup can only be made by root with a writable hierarchy.
-//! Where none can be made the check says so and passes, unless
-//! `MEMGATE_REQUIRE_CGROUP=1`, as `.ci/run` sets it on machines that can.
-//! `cargo test --release --test contract` runs it on the release binary.
+//! Cloud Logging can read. Where no cgroup can be made it says so and
+//! passes (see `support/instance.rs`). `cargo test --release --test
+//! contract` runs it on the release binary.
 
 // The harness's cgroup, shared with the burst benchmark; this check uses
 // part of it.
 #[allow(dead_code)]
 #[path = "../benches/burst/cgroup.rs"]
 mod cgroup;
+#[path = "support/instance.rs"]
+mod instance;
 #[path = "support/logged.rs"]
 mod logged;
 
-use std::net::TcpListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cgroup::Cgroup;
+use instance::{GIB, admission, exit_within, free_port, limited_cgroup, start};
 use logged::Logged;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_memgate");
-const GIB: u64 = 1 << 30;
 
 /// Jobs sent at once: more than a 2 GiB instance runs together.
 const JOBS: usize = 30;
@@ -53,7 +47,7 @@ const SEVERITIES: [&str; 9] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_keeps_cloud_runs_contract_in_a_2_gib_cgroup() {
-    let Some(cgroup) = limited_cgroup() else {
+    let Some(cgroup) = limited_cgroup("contract") else {
         return;
     };
     let port = free_port();
@@ -117,24 +111,6 @@ async fn the_binary_keeps_cloud_runs_contract_in_a_2_gib_cgroup() {
     check_logs(&server);
 }
 
-/// A 2 GiB cgroup, or `None` with a note when this machine cannot make
-/// one and the check is not required here.
-fn limited_cgroup() -> Option<Cgroup> {
-    match Cgroup::create(0, 2 * GIB) {
-        Ok(cgroup) => Some(cgroup),
-        Err(e) if std::env::var("MEMGATE_REQUIRE_CGROUP").as_deref() != Ok("1") => {
-            eprintln!("contract: not checked, no memory cgroup can be made here: {e}");
-            None
-        }
-        Err(e) => panic!("MEMGATE_REQUIRE_CGROUP=1 but no cgroup: {e}"),
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
 /// Sends more heavy jobs than the instance runs at once and returns when
 /// some run and some wait, the moment SIGTERM hurts most.
 async fn load(
@@ -159,40 +135,6 @@ async fn load(
         }
         assert!(Instant::now() < deadline, "no load built up: {gate}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn admission(http: &reqwest::Client, base: &str) -> Value {
-    let answer = http.get(format!("{base}/v1/admission")).send().await;
-    let answer = answer.expect("admission state");
-    answer.json().await.expect("admission state as JSON")
-}
-
-/// Starts the binary in `cgroup` as Cloud Run starts it: `PORT` and
-/// Cloud Run's own variables set, JSON logs as the image sets them, and
-/// nothing else from this environment.
-fn start(cgroup: &Cgroup, port: u16) -> Logged {
-    let mut command = cgroup.command(Path::new(BINARY));
-    command
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("PORT", port.to_string())
-        .env("K_SERVICE", "memgate")
-        .env("K_REVISION", "memgate-00001-abc")
-        .env("K_CONFIGURATION", "memgate")
-        .env("MEMGATE__LOG__FORMAT", "json");
-    Logged::spawn(command)
-}
-
-/// The exit code once the process is gone, waiting at most `limit`.
-fn exit_within(server: &mut Logged, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = server.child.try_wait().expect("wait for memgate") {
-            return status.code();
-        }
-        assert!(Instant::now() < deadline, "still running after {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

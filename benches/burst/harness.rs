@@ -16,7 +16,8 @@ use crate::driver::{self, Job, Plan, Record};
 use crate::process::{Exit, Process};
 use crate::report::{Ended, ModeRun, Summary};
 use crate::sampler::{self, Series, ServerRefusals};
-use crate::workload::{Mode, Settings, Surge};
+use crate::stability::Stability;
+use crate::workload::{Kind, Mode, Settings, Surge};
 
 /// Longest wait for `/readyz` after the start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -247,6 +248,13 @@ async fn measure(
         sampled_peak_working_set,
         summary: Summary::of(&observed.records),
         server_refusals: observed.server_refusals,
+        stability: (ctx.settings.workload == Kind::Soak).then(|| {
+            Stability::of(
+                &observed.series,
+                ctx.settings.warmup_secs,
+                ctx.settings.seconds,
+            )
+        }),
         series: observed.series,
         requests: observed.records,
     })

@@ -20,6 +20,7 @@ mod images;
 mod process;
 mod report;
 mod sampler;
+mod stability;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -98,15 +99,19 @@ struct Cli {
     /// Largest image, in megapixels (mixed-images).
     #[arg(long)]
     max_mp: Option<u32>,
-    /// Seed of the image sizes (mixed-images).
+    /// Seed of the image sizes (mixed-images, soak).
     #[arg(long)]
     seed: Option<u64>,
+    /// Seconds at the start left out of the stability figures (soak).
+    #[arg(long)]
+    warmup: Option<f64>,
     /// Longest one attempt may take, in seconds.
     #[arg(long, default_value_t = 120.0)]
     request_timeout: f64,
-    /// Longest a mode's burst may take, retries included, in seconds.
-    #[arg(long, default_value_t = 600.0)]
-    max_run_secs: f64,
+    /// Longest a mode's burst may take, retries included, in seconds;
+    /// default the workload's spread plus 600.
+    #[arg(long)]
+    max_run_secs: Option<f64>,
     /// Server configuration, `section.key=value`, passed as
     /// MEMGATE__SECTION__KEY; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -239,6 +244,7 @@ fn context(cli: &Cli) -> Result<Context, String> {
         format!("{}{sweep}", settings.workload.name())
     });
     let jobs = settings.jobs(&cli.out.join("images"))?;
+    let deadline = Duration::from_secs_f64(cli.max_run_secs.unwrap_or(settings.seconds + 600.0));
     Ok(Context {
         binary,
         exe: std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?,
@@ -249,7 +255,7 @@ fn context(cli: &Cli) -> Result<Context, String> {
         jobs,
         concurrency: cli.concurrency,
         request_timeout: Duration::from_secs_f64(cli.request_timeout),
-        deadline: Duration::from_secs_f64(cli.max_run_secs),
+        deadline,
         server_env: server_env(&cli.set)?,
     })
 }
@@ -265,6 +271,7 @@ fn settings(cli: &Cli) -> workload::Settings {
     s.retries = cli.retries.unwrap_or(s.retries);
     s.max_mp = cli.max_mp.unwrap_or(s.max_mp);
     s.seed = cli.seed.unwrap_or(s.seed);
+    s.warmup_secs = cli.warmup.unwrap_or(s.warmup_secs);
     if s.surge.is_some() || cli.surge_mib.is_some() {
         let base = s.surge.unwrap_or(Surge {
             mib: 600,

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::driver::{Record, Refused};
 use crate::sampler::{GatePoint, Series, ServerRefusals};
+use crate::stability::Stability;
 use crate::workload::{Mode, Settings};
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -66,6 +67,8 @@ pub struct ModeRun {
     pub summary: Summary,
     /// Refusals as the server timed them, when it could still be asked.
     pub server_refusals: Option<ServerRefusals>,
+    /// Drift, swings and what was returned, for a long run (`soak`).
+    pub stability: Option<Stability>,
     /// Memory and gate over time.
     pub series: Series,
     /// Every request.
@@ -373,6 +376,9 @@ fn notes(run: &ModeRun) -> String {
             run.summary.shed,
             ms(run.summary.max_shed_ms)
         );
+    }
+    if let Some(stability) = &run.stability {
+        out += stability.markdown(label).trim_end();
     }
     if run.summary.abandoned > 0 {
         out += &format!(

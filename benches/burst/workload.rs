@@ -1,7 +1,8 @@
 //! Workloads and admission modes, as the command line names them.
 //!
-//! A workload is a burst of jobs (synthetic or images) and, for `surge`,
-//! memory taken by another process in the same cgroup while the jobs run.
+//! A workload is a burst of jobs (synthetic, images or both) and, for
+//! `surge`, memory taken by another process in the same cgroup while the
+//! jobs run.
 //! A mode is the server's `gate.mode` and the keys that size it.
 
 use std::path::Path;
@@ -28,6 +29,10 @@ pub enum Kind {
     /// 400 JPEGs of 1 to 40 MP, mostly small, transcoded to 1024 px,
     /// within 4 s.
     MixedImages,
+    /// 30 minutes of the two together, one synthetic job in four, at 36
+    /// jobs/s, about 1.5 times what the instance serves, without retries:
+    /// does memory drift, does capacity swing, is everything returned.
+    Soak,
 }
 
 impl Kind {
@@ -37,6 +42,7 @@ impl Kind {
             Self::Incident => "incident",
             Self::Surge => "surge",
             Self::MixedImages => "mixed-images",
+            Self::Soak => "soak",
         }
     }
 
@@ -51,6 +57,7 @@ impl Kind {
             io_ms: 0,
             retries: 5,
             surge: None,
+            warmup_secs: 0.0,
             max_mp: 40,
             seed: 1,
         };
@@ -85,6 +92,19 @@ impl Kind {
             Self::MixedImages => Settings {
                 requests: 400,
                 seconds: 4.0,
+                ..base
+            },
+            // Three images to one synthetic job: 2 cores and 2 GiB serve
+            // about 24 jobs/s of it (measured, see the README), so 36 a
+            // second is 1.5 times that. A refusal is final, so that the
+            // load offered stays what it says whatever the server answers.
+            Self::Soak => Settings {
+                requests: 36 * 1800,
+                seconds: 1800.0,
+                cpu_ms: 150,
+                io_ms: 1000,
+                retries: 0,
+                warmup_secs: 300.0,
                 ..base
             },
         }
@@ -124,6 +144,8 @@ pub struct Settings {
     pub retries: u32,
     /// Memory taken by another process meanwhile.
     pub surge: Option<Surge>,
+    /// Seconds at the start left out of the stability figures (`soak`).
+    pub warmup_secs: f64,
     /// Largest image, in megapixels (`mixed-images`).
     pub max_mp: u32,
     /// Seed of the image sizes (`mixed-images`).
@@ -132,34 +154,56 @@ pub struct Settings {
 
 impl Settings {
     /// The burst's requests, in order. Images are generated, or read from
-    /// `cache`, for `mixed-images`.
+    /// `cache`, for `mixed-images` and `soak`.
     ///
     /// # Errors
     ///
     /// When images cannot be generated or cached.
     pub fn jobs(&self, cache: &Path) -> Result<Arc<Vec<Job>>, String> {
         let jobs = match self.workload {
-            Kind::Incident | Kind::Surge => {
-                let job = Job {
-                    target: format!(
-                        "/v1/synthetic?mib={}&cpu_ms={}&io_ms={}",
-                        self.mib, self.cpu_ms, self.io_ms
-                    ),
-                    body: None,
-                    input: format!("{}MiB", self.mib),
-                };
-                vec![job; self.requests]
-            }
+            Kind::Incident | Kind::Surge => vec![self.synthetic(); self.requests],
             Kind::MixedImages => images::draw(self.requests, self.max_mp, self.seed, cache)?
                 .into_iter()
-                .map(|photo| Job {
-                    target: "/v1/transcode?width=1024&height=1024".to_owned(),
-                    body: Some((photo.jpeg, "image/jpeg")),
-                    input: format!("{}MP", photo.megapixels),
-                })
+                .map(transcode)
                 .collect(),
+            Kind::Soak => {
+                let photos = images::draw(self.requests, self.max_mp, self.seed, cache)?;
+                photos
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, photo)| {
+                        if i.is_multiple_of(SOAK_SYNTHETIC_EVERY) {
+                            self.synthetic()
+                        } else {
+                            transcode(photo)
+                        }
+                    })
+                    .collect()
+            }
         };
         Ok(Arc::new(jobs))
+    }
+
+    fn synthetic(&self) -> Job {
+        Job {
+            target: format!(
+                "/v1/synthetic?mib={}&cpu_ms={}&io_ms={}",
+                self.mib, self.cpu_ms, self.io_ms
+            ),
+            body: None,
+            input: format!("{}MiB", self.mib),
+        }
+    }
+}
+
+/// One job in this many of `soak` is synthetic; the rest are images.
+const SOAK_SYNTHETIC_EVERY: usize = 4;
+
+fn transcode(photo: images::Photo) -> Job {
+    Job {
+        target: "/v1/transcode?width=1024&height=1024".to_owned(),
+        body: Some((photo.jpeg, "image/jpeg")),
+        input: format!("{}MP", photo.megapixels),
     }
 }
 

@@ -1,0 +1,77 @@
+//! A 2 GiB instance on this machine: a fresh memory cgroup with that
+//! limit, and the `memgate` binary started in it as Cloud Run starts it.
+//!
+//! A memory cgroup can only be made by root with a writable hierarchy.
+//! Where none can be made a check says so and passes, unless
+//! `MEMGATE_REQUIRE_CGROUP=1`, as `.ci/run` sets it on machines that can.
+//!
+//! The including test declares `mod cgroup` (the burst harness's) and
+//! `mod logged` at its root.
+
+// Each test binary uses its part of it.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cgroup::Cgroup;
+use crate::logged::Logged;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_memgate");
+pub const GIB: u64 = 1 << 30;
+
+/// A 2 GiB cgroup, or `None` with a note naming `check` when this
+/// machine cannot make one and the check is not required here.
+pub fn limited_cgroup(check: &str) -> Option<Cgroup> {
+    match Cgroup::create(0, 2 * GIB) {
+        Ok(cgroup) => Some(cgroup),
+        Err(e) if std::env::var("MEMGATE_REQUIRE_CGROUP").as_deref() != Ok("1") => {
+            eprintln!("{check}: not checked, no memory cgroup can be made here: {e}");
+            None
+        }
+        Err(e) => panic!("MEMGATE_REQUIRE_CGROUP=1 but no cgroup: {e}"),
+    }
+}
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Starts the binary in `cgroup` as Cloud Run starts it: `PORT` and
+/// Cloud Run's own variables set, JSON logs as the image sets them, and
+/// nothing else from this environment.
+pub fn start(cgroup: &Cgroup, port: u16) -> Logged {
+    let mut command = cgroup.command(Path::new(BINARY));
+    command
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PORT", port.to_string())
+        .env("K_SERVICE", "memgate")
+        .env("K_REVISION", "memgate-00001-abc")
+        .env("K_CONFIGURATION", "memgate")
+        .env("MEMGATE__LOG__FORMAT", "json");
+    Logged::spawn(command)
+}
+
+/// `GET /v1/admission`, parsed.
+pub async fn admission(http: &reqwest::Client, base: &str) -> Value {
+    let answer = http.get(format!("{base}/v1/admission")).send().await;
+    let answer = answer.expect("admission state");
+    answer.json().await.expect("admission state as JSON")
+}
+
+/// The exit code once the process is gone, waiting at most `limit`.
+pub fn exit_within(server: &mut Logged, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = server.child.try_wait().expect("wait for memgate") {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
