@@ -372,6 +372,43 @@ fn unreadable_steering_signal_keeps_the_last_good_working_set() {
 }
 
 #[test]
+fn a_blind_cgroup_still_sees_the_process_grow() {
+    let scratch = scratch_copy("v2");
+    let cgroup = discover_in(scratch.path()).expect("found");
+    let statm_path = scratch.path().join("statm");
+    let pages = |bytes: u64| bytes / memgate::memory::process::page_size();
+    let write_rss = |bytes: u64| {
+        let text = format!(
+            "{} {} 100 10 0 {} 0\n",
+            pages(4 * GIB),
+            pages(bytes),
+            pages(bytes)
+        );
+        fs::write(&statm_path, text).expect("write statm");
+    };
+    write_rss(100 * MIB);
+    let statm = Statm::open_at(&statm_path).expect("statm");
+    let mut memory = SystemMemory::new(Some(cgroup), Some(statm), None);
+    let first = memory.sample(Instant::now()).working_set;
+    assert!(first > 100 * MIB, "the cgroup's working set, not the RSS");
+
+    // The cgroup becomes unreadable; the process stays below the last
+    // good value, which repeats.
+    let current = scratch
+        .path()
+        .join("sys/fs/cgroup/system.slice/memgate.service/memory.current");
+    fs::write(&current, "garbage\n").expect("corrupt memory.current");
+    assert_eq!(memory.sample(Instant::now()).working_set, first);
+
+    // The process grows past it: the working set follows.
+    write_rss(first + 300 * MIB);
+    let blind = memory.sample(Instant::now());
+    assert_eq!(blind.signal, Signal::CgroupWorkingSet);
+    assert!(blind.cgroup.is_none());
+    assert_eq!(blind.working_set, first + 300 * MIB);
+}
+
+#[test]
 fn cgroup_unreadable_at_construction_cannot_steer() {
     let scratch = scratch_copy("v2");
     let cgroup = discover_in(scratch.path()).expect("found");

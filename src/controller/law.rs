@@ -188,14 +188,25 @@ impl CapacityLaw {
         self.pressure
     }
 
-    /// Whether the allocator should purge before this tick's decision: the
-    /// working set is past the high watermark and the last purge is at
-    /// least `purge_interval_ms` old. Records the purge when it says yes.
-    pub fn wants_purge(&mut self, now: Instant, working_set: u64) -> bool {
+    /// Whether the allocator should purge before this tick's decision, and
+    /// records the purge when it says yes. It is due at most every
+    /// `purge_interval_ms`, and wanted when:
+    ///
+    /// - the working set is past the high watermark; or
+    /// - the working set is past the low watermark and the heap keeps more
+    ///   freed pages than the margin between the high watermark and the
+    ///   ceiling. Freed pages count as room for new jobs (see
+    ///   `track_unreserved`), but a job whose thread cannot reuse them
+    ///   grows beside them, and within one tick the working set can then
+    ///   pass the ceiling itself. Near the top they are returned instead.
+    pub fn wants_purge(&mut self, now: Instant, working_set: u64, heap: Option<Heap>) -> bool {
         let due = self
             .last_purge
             .is_none_or(|at| now.saturating_duration_since(at) >= self.purge_interval);
-        let wanted = working_set > self.high && due;
+        let freed = heap.map_or(0, |h| h.resident.saturating_sub(h.allocated));
+        let margin = self.ceiling.saturating_sub(self.high);
+        let freed_too_many = working_set > self.low && freed > margin;
+        let wanted = due && (working_set > self.high || freed_too_many);
         if wanted {
             self.last_purge = Some(now);
         }
@@ -478,10 +489,31 @@ mod tests {
     fn purge_is_asked_at_most_once_per_interval() {
         let mut law = law();
         let t = Instant::now();
-        assert!(!law.wants_purge(t, 900 * MIB));
-        assert!(law.wants_purge(t, 990 * MIB));
-        assert!(!law.wants_purge(t + Duration::from_millis(10), 990 * MIB));
-        assert!(law.wants_purge(t + Duration::from_secs(1), 990 * MIB));
+        assert!(!law.wants_purge(t, 900 * MIB, None));
+        assert!(law.wants_purge(t, 990 * MIB, None));
+        assert!(!law.wants_purge(t + Duration::from_millis(10), 990 * MIB, None));
+        assert!(law.wants_purge(t + Duration::from_secs(1), 990 * MIB, None));
+    }
+
+    #[test]
+    fn freed_pages_past_the_margin_are_purged_near_the_top_only() {
+        // Ceiling 1000 MiB, high 950, low 850: the margin is 50 MiB.
+        let heap = |freed: u64| {
+            Some(Heap {
+                allocated: 700 * MIB,
+                resident: 700 * MIB + freed,
+            })
+        };
+        let second = Duration::from_secs(1);
+        let mut law = law();
+        let t = Instant::now();
+        assert!(!law.wants_purge(t, 800 * MIB, heap(200 * MIB)), "low down");
+        assert!(
+            !law.wants_purge(t, 900 * MIB, heap(40 * MIB)),
+            "within margin"
+        );
+        assert!(law.wants_purge(t, 900 * MIB, heap(60 * MIB)), "past margin");
+        assert!(law.wants_purge(t + second, 960 * MIB, heap(0)), "past high");
     }
 
     #[test]

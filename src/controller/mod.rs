@@ -2,7 +2,8 @@
 //!
 //! Every tick (`controller.tick_ms`, 50 ms by default) it takes one
 //! [`MemorySample`], lets the allocator purge when the working set is past
-//! the high watermark, runs the [capacity law](law), folds finished jobs
+//! the high watermark or near it with too many freed pages kept, runs the
+//! [capacity law](law), folds finished jobs
 //! into the [running limit](running), applies both to the [`Gate`], and
 //! publishes an [`AdmissionState`] with every figure and the last decision.
 //!
@@ -276,7 +277,8 @@ impl<S: MemorySource> Controller<S> {
     /// One tick at `now`: sample, purge if due, decide, apply, publish.
     pub fn tick(&mut self, now: Instant) -> AdmissionState {
         let mut sample = self.source.sample(now);
-        if self.law.wants_purge(now, sample.working_set) && self.source.purge() {
+        let heap = heap_of(&sample);
+        if self.law.wants_purge(now, sample.working_set, heap) && self.source.purge() {
             self.purges += 1;
             let before = sample.working_set;
             sample = self.source.sample(now);
@@ -313,10 +315,7 @@ impl<S: MemorySource> Controller<S> {
         let decision = self.law.step(Inputs {
             now,
             working_set: sample.working_set,
-            heap: sample.jemalloc.as_ref().map(|j| Heap {
-                allocated: j.allocated,
-                resident: j.resident,
-            }),
+            heap: heap_of(&sample),
             reserved: before.reserved,
             capacity: before.capacity,
             waiting_memory: before.waiting_memory,
@@ -482,4 +481,12 @@ impl<S: MemorySource> Controller<S> {
         self.state.send_replace(state.clone());
         state
     }
+}
+
+/// jemalloc's figures of a sample, as the law reads them.
+fn heap_of(sample: &MemorySample) -> Option<Heap> {
+    sample.jemalloc.as_ref().map(|j| Heap {
+        allocated: j.allocated,
+        resident: j.resident,
+    })
 }

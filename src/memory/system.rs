@@ -36,7 +36,9 @@ use super::{MemorySample, MemorySource, Signal};
 /// left out of the sample (`None`). When it is the steering signal, the
 /// sample repeats the last good working set rather than switching to
 /// another signal, whose scale may differ by gigabytes; the controller then
-/// steers on a stale value until reads recover. Each source logs a warning
+/// steers on a stale value until reads recover. For the cgroup that value
+/// is raised to the process's resident set whenever that is higher: the
+/// process is part of the cgroup, so its own growth is never hidden. Each source logs a warning
 /// when it starts failing and an info line when it recovers, never once per
 /// sample, and [`SystemMemory::read_failures`] counts every failed read.
 #[derive(Debug)]
@@ -237,8 +239,15 @@ impl MemorySource for SystemMemory {
             Signal::JemallocResident => jemalloc.as_ref().map(|stats| stats.resident),
             Signal::Scripted => None,
         };
-        if let Some(working_set) = reading {
-            self.last_working_set = working_set;
+        match (reading, process_rss) {
+            (Some(working_set), _) => self.last_working_set = working_set,
+            // The cgroup is unreadable: this process's resident set is part
+            // of its working set, so the stale value is kept at least that
+            // high. memgate's own growth still shows while it is blind.
+            (None, Some(rss)) if self.signal == Signal::CgroupWorkingSet => {
+                self.last_working_set = self.last_working_set.max(rss);
+            }
+            (None, _) => {}
         }
 
         MemorySample {
