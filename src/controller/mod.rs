@@ -39,7 +39,9 @@ pub struct ControllerSettings {
     /// `low_watermark`, at most 1.
     pub high_watermark: f64,
     /// Pressure is released, and capacity may grow, only below this share
-    /// of the ceiling. Fraction, above 0, below `high_watermark`.
+    /// of the ceiling; above it, freed pages kept past the margin between
+    /// the high watermark and the ceiling are purged. Fraction, above 0,
+    /// below `high_watermark`.
     pub low_watermark: f64,
     /// Capacity cut per byte of working set above the high watermark.
     /// Ratio, above 0, at most 10.

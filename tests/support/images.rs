@@ -4,8 +4,10 @@
 
 #![allow(dead_code)]
 
-use std::io::Cursor;
+use std::io::{Cursor, Write};
 
+use flate2::Compression;
+use flate2::write::ZlibEncoder;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::codecs::jpeg::JpegEncoder;
 use image::{Delay, DynamicImage, Frame, ImageFormat, RgbImage, Rgba, RgbaImage};
@@ -180,6 +182,30 @@ pub fn png_bomb(width: u32, height: u32) -> Vec<u8> {
     let data = [
         0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01,
     ];
+
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &header);
+    chunk(&mut png, b"IDAT", &data);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// A real decompression bomb: a PNG of `width` by `height` transparent
+/// RGBA pixels whose every row is zeros, so that a file about a thousandth
+/// of its decoded size inflates to all of it.
+pub fn png_zlib_bomb(width: u32, height: u32) -> Vec<u8> {
+    let mut header = Vec::new();
+    header.extend_from_slice(&width.to_be_bytes());
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[8, 6, 0, 0, 0]);
+
+    // Each row: filter type 0, then its samples.
+    let row = vec![0u8; 1 + 4 * width as usize];
+    let mut zlib = ZlibEncoder::new(Vec::new(), Compression::best());
+    for _ in 0..height {
+        zlib.write_all(&row).expect("compress a row");
+    }
+    let data = zlib.finish().expect("finish the stream");
 
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     chunk(&mut png, b"IHDR", &header);
