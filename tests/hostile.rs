@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cgroup::Cgroup;
-use instance::{exit_within, free_port, limited_cgroup, start};
+use instance::{exit_within, limited_cgroup, serving};
 
 const MIB: u64 = 1 << 20;
 
@@ -172,11 +172,8 @@ async fn each_hostile_input_is_answered_within_its_memory() {
     let Some(cgroup) = limited_cgroup("hostile") else {
         return;
     };
-    let port = free_port();
-    let mut server = start(&cgroup, port);
-    server.wait_for("listening");
+    let (mut server, base) = serving(&cgroup);
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
     let cgroup = Arc::new(cgroup);
 
     let mut rows = Vec::new();

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use instance::{admission, exit_within, free_port, limited_cgroup, start};
+use instance::{admission, exit_within, limited_cgroup, serving};
 
 /// How long the load lasts.
 const LOAD: Duration = Duration::from_secs(20);
@@ -47,11 +47,8 @@ async fn overload_for_20_s_in_2_gib_stays_under_the_ceiling_and_returns_everythi
     let Some(cgroup) = limited_cgroup("soak") else {
         return;
     };
-    let port = free_port();
-    let mut server = start(&cgroup, port);
-    server.wait_for("listening");
+    let (mut server, base) = serving(&cgroup);
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
 
     let cgroup = Arc::new(cgroup);
     let peak = Arc::new(AtomicU64::new(0));

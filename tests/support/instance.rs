@@ -57,6 +57,15 @@ pub fn start(cgroup: &Cgroup, port: u16) -> Logged {
     Logged::spawn(command)
 }
 
+/// The binary started in `cgroup` on a free port, once it listens, with
+/// the base URL to reach it.
+pub fn serving(cgroup: &Cgroup) -> (Logged, String) {
+    let port = free_port();
+    let server = start(cgroup, port);
+    server.wait_for("listening");
+    (server, format!("http://127.0.0.1:{port}"))
+}
+
 /// `GET /v1/admission`, parsed.
 pub async fn admission(http: &reqwest::Client, base: &str) -> Value {
     let answer = http.get(format!("{base}/v1/admission")).send().await;
