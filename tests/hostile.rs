@@ -17,11 +17,10 @@ mod instance;
 mod logged;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cgroup::Cgroup;
-use instance::{exit_within, limited_cgroup, serving};
+use instance::{PeakWatch, exit_within, limited_cgroup, serving};
 
 const MIB: u64 = 1 << 20;
 
@@ -215,20 +214,7 @@ async fn each_hostile_input_is_answered_within_its_memory() {
 /// Sends `case` while sampling the cgroup every 5 ms; its status and the
 /// highest usage seen.
 async fn send(http: &reqwest::Client, base: &str, case: &Case, cgroup: &Arc<Cgroup>) -> (u16, u64) {
-    let peak = Arc::new(AtomicU64::new(0));
-    let on = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (cgroup, peak, on) = (Arc::clone(cgroup), Arc::clone(&peak), Arc::clone(&on));
-        tokio::spawn(async move {
-            while on.load(Ordering::Acquire) {
-                if let Ok(usage) = cgroup.usage() {
-                    peak.fetch_max(usage, Ordering::AcqRel);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-
+    let watch = PeakWatch::start(Arc::clone(cgroup), Duration::from_millis(5));
     let answer = http
         .post(format!("{base}{}", case.path))
         .header("content-type", case.content_type)
@@ -240,10 +226,7 @@ async fn send(http: &reqwest::Client, base: &str, case: &Case, cgroup: &Arc<Cgro
     answer.bytes().await.expect("the whole answer");
     // What the job freed is returned after the answer; the peak is before.
     tokio::time::sleep(Duration::from_millis(50)).await;
-
-    on.store(false, Ordering::Release);
-    sampler.await.expect("sampler");
-    (status, peak.load(Ordering::Acquire))
+    (status, watch.stop().await)
 }
 
 /// The cgroup's usage once it has stopped falling: freed pages go back

@@ -21,10 +21,9 @@ mod instance;
 mod logged;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use instance::{admission, exit_within, limited_cgroup, serving};
+use instance::{PeakWatch, admission, exit_within, limited_cgroup, serving};
 
 /// How long the load lasts.
 const LOAD: Duration = Duration::from_secs(20);
@@ -51,25 +50,15 @@ async fn overload_for_20_s_in_2_gib_stays_under_the_ceiling_and_returns_everythi
     let http = reqwest::Client::new();
 
     let cgroup = Arc::new(cgroup);
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = tokio::spawn(sample(
-        Arc::clone(&cgroup),
-        Arc::clone(&peak),
-        Arc::clone(&sampling),
-    ));
+    let watch = PeakWatch::start(Arc::clone(&cgroup), Duration::from_millis(20));
     let answers = overload(&http, &base).await;
-    sampling.store(false, Ordering::Release);
-    sampler.await.expect("sampler");
+    let sampled = watch.stop().await;
 
     let (done, refused) = tally(answers);
     eprintln!("soak: {done} done, {refused} refused");
     assert!(done > 0, "jobs were served");
     assert!(refused > 0, "the load was more than the instance serves");
-    let peak = cgroup
-        .kernel_peak()
-        .unwrap_or(0)
-        .max(peak.load(Ordering::Acquire));
+    let peak = cgroup.kernel_peak().unwrap_or(0).max(sampled);
     eprintln!("soak: peak {} MiB", peak >> 20);
     assert!(peak <= CEILING, "peak {peak} past the ceiling {CEILING}");
     assert_eq!(cgroup.oom_kills(), Ok(0), "no OOM kill");
@@ -80,17 +69,6 @@ async fn overload_for_20_s_in_2_gib_stays_under_the_ceiling_and_returns_everythi
     server.terminate();
     assert_eq!(exit_within(&mut server, Duration::from_secs(10)), Some(0));
     assert_eq!(server.stderr(), "", "nothing on stderr");
-}
-
-/// The cgroup's usage every 20 ms, its highest kept in `peak`: the
-/// kernel's own mark exists on cgroup v1 only.
-async fn sample(cgroup: Arc<cgroup::Cgroup>, peak: Arc<AtomicU64>, on: Arc<AtomicBool>) {
-    while on.load(Ordering::Acquire) {
-        if let Ok(usage) = cgroup.usage() {
-            peak.fetch_max(usage, Ordering::AcqRel);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 type Answer = reqwest::Result<(u16, bool)>;

@@ -171,34 +171,18 @@ pub fn gif_animated(width: u32, height: u32, frames: u32) -> Vec<u8> {
 /// A PNG of about a hundred bytes whose header declares `width` by
 /// `height` RGBA pixels: 30000 by 30000 would decode to 3.6 GB.
 pub fn png_bomb(width: u32, height: u32) -> Vec<u8> {
-    let mut header = Vec::new();
-    header.extend_from_slice(&width.to_be_bytes());
-    header.extend_from_slice(&height.to_be_bytes());
-    // 8 bits per sample, colour type 6 (RGBA), deflate, filter 0, no
-    // interlace.
-    header.extend_from_slice(&[8, 6, 0, 0, 0]);
     // A zlib stream of an empty stored block: valid, and nowhere near the
     // declared size.
     let data = [
         0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01,
     ];
-
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut png, b"IHDR", &header);
-    chunk(&mut png, b"IDAT", &data);
-    chunk(&mut png, b"IEND", &[]);
-    png
+    rgba_png(width, height, &data)
 }
 
 /// A real decompression bomb: a PNG of `width` by `height` transparent
 /// RGBA pixels whose every row is zeros, so that a file about a thousandth
 /// of its decoded size inflates to all of it.
 pub fn png_zlib_bomb(width: u32, height: u32) -> Vec<u8> {
-    let mut header = Vec::new();
-    header.extend_from_slice(&width.to_be_bytes());
-    header.extend_from_slice(&height.to_be_bytes());
-    header.extend_from_slice(&[8, 6, 0, 0, 0]);
-
     // Each row: filter type 0, then its samples.
     let row = vec![0u8; 1 + 4 * width as usize];
     let mut zlib = ZlibEncoder::new(Vec::new(), Compression::best());
@@ -206,10 +190,22 @@ pub fn png_zlib_bomb(width: u32, height: u32) -> Vec<u8> {
         zlib.write_all(&row).expect("compress a row");
     }
     let data = zlib.finish().expect("finish the stream");
+    rgba_png(width, height, &data)
+}
+
+/// A PNG whose header declares `width` by `height` RGBA pixels and whose
+/// one IDAT chunk is `zlib`, whatever it holds.
+fn rgba_png(width: u32, height: u32, zlib: &[u8]) -> Vec<u8> {
+    let mut header = Vec::new();
+    header.extend_from_slice(&width.to_be_bytes());
+    header.extend_from_slice(&height.to_be_bytes());
+    // 8 bits per sample, colour type 6 (RGBA), deflate, filter 0, no
+    // interlace.
+    header.extend_from_slice(&[8, 6, 0, 0, 0]);
 
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     chunk(&mut png, b"IHDR", &header);
-    chunk(&mut png, b"IDAT", &data);
+    chunk(&mut png, b"IDAT", zlib);
     chunk(&mut png, b"IEND", &[]);
     png
 }

@@ -13,9 +13,12 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::task::JoinHandle;
 
 use crate::cgroup::Cgroup;
 use crate::logged::Logged;
@@ -82,5 +85,40 @@ pub fn exit_within(server: &mut Logged, limit: Duration) -> Option<i32> {
         }
         assert!(Instant::now() < deadline, "still running after {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The cgroup's highest usage while it is watched, sampled by a task of
+/// its own: the kernel's own mark exists on cgroup v1 only.
+pub struct PeakWatch {
+    peak: Arc<AtomicU64>,
+    on: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl PeakWatch {
+    /// Starts reading `cgroup`'s usage every `every`.
+    pub fn start(cgroup: Arc<Cgroup>, every: Duration) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let on = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn({
+            let (peak, on) = (Arc::clone(&peak), Arc::clone(&on));
+            async move {
+                while on.load(Ordering::Acquire) {
+                    if let Ok(usage) = cgroup.usage() {
+                        peak.fetch_max(usage, Ordering::AcqRel);
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            }
+        });
+        Self { peak, on, task }
+    }
+
+    /// Stops sampling; the highest usage seen.
+    pub async fn stop(self) -> u64 {
+        self.on.store(false, Ordering::Release);
+        self.task.await.expect("the sampler");
+        self.peak.load(Ordering::Acquire)
     }
 }
